@@ -13,15 +13,12 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 from torch import nn
 
-from .geometry import ResizeGeometry, resize_geometry, resize_to_input
-
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from .geometry import ResizeGeometry
+from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -96,12 +93,12 @@ class FoveatedCLIP(nn.Module):
         self.tokenizer = tokenizer
         config = image_processor if isinstance(image_processor, dict) else (
             vars(image_processor) if image_processor is not None else {})
-        self.image_mean = tuple(float(v) for v in (config.get("image_mean") or OPENAI_CLIP_MEAN))
-        self.image_std = tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD))
-        self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
         vision = clip_model.config.vision_config
-        self.image_size = int(vision.image_size)
-        self.patch_size = int(vision.patch_size)
+        self.preprocessor = ImagePreprocessor(
+            image_size=int(vision.image_size), patch_size=int(vision.patch_size),
+            image_mean=tuple(float(v) for v in (config.get("image_mean") or OPENAI_CLIP_MEAN)),
+            image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)))
+        self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
         self.num_layers = int(vision.num_hidden_layers)
 
     # ------------------------------------------------------------------ loading
@@ -154,13 +151,29 @@ class FoveatedCLIP(nn.Module):
 
     # ------------------------------------------------------------------ properties
     @property
+    def image_size(self) -> int:
+        return self.preprocessor.image_size
+
+    @property
+    def patch_size(self) -> int:
+        return self.preprocessor.patch_size
+
+    @property
+    def image_mean(self) -> tuple[float, float, float]:
+        return self.preprocessor.image_mean
+
+    @property
+    def image_std(self) -> tuple[float, float, float]:
+        return self.preprocessor.image_std
+
+    @property
     def grid_size(self) -> int:
-        return self.image_size // self.patch_size
+        return self.preprocessor.grid_size
 
     @property
     def num_tokens(self) -> int:
         """Tokens of the vision transformer: patches + [CLS]."""
-        return self.grid_size**2 + 1
+        return self.preprocessor.num_tokens
 
     @property
     def device(self) -> torch.device:
@@ -181,7 +194,7 @@ class FoveatedCLIP(nn.Module):
     # ------------------------------------------------------------------ images
     def geometry(self, image_width: int, image_height: int, resize: str = "squash") -> ResizeGeometry:
         """Where an image of this size lands in the model input under ``resize`` (boxes map through it)."""
-        return resize_geometry(image_width, image_height, self.image_size, resize)
+        return self.preprocessor.geometry(image_width, image_height, resize)
 
     def preprocess(self, images: Image.Image | Sequence[Image.Image], resize: str = "squash") -> torch.Tensor:
         """PIL image(s) -> normalised pixels ``(B, 3, S, S)`` float32 on the model's device.
@@ -189,17 +202,7 @@ class FoveatedCLIP(nn.Module):
         ``resize="squash"``: whole image to ``S x S`` (bicubic; ReCLIP/FALIP harness default).
         ``resize="crop"``: CLIP's shortest-side resize + center crop.
         """
-        if isinstance(images, Image.Image):
-            images = [images]
-        arrays = []
-        for image in images:
-            rgb = image.convert("RGB")
-            square = resize_to_input(rgb, self.geometry(rgb.width, rgb.height, resize))
-            arrays.append(np.asarray(square, dtype=np.float32))
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-        mean = torch.tensor(self.image_mean).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std).view(1, 3, 1, 1)
-        return ((pixels - mean) / std).to(self.device)
+        return self.preprocessor(images, resize).to(self.device)
 
     def _layer_set(self, bias_layers: Sequence[int] | None) -> set[int]:
         if bias_layers is None:

@@ -13,7 +13,7 @@ from .sandbox.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
 
 PRESETS = {
     # vision: image, patch, layers, width, heads; text: layers, width, heads; projection
-    "tiny": dict(image_size=32, patch_size=8, vision_layers=3, vision_width=32, vision_heads=4,
+    "tiny": dict(image_size=32, patch_size=8, vision_layers=4, vision_width=32, vision_heads=4,
                  text_layers=2, text_width=32, text_heads=4, projection_dim=16),
     "vit-b16": dict(image_size=224, patch_size=16, vision_layers=12, vision_width=768, vision_heads=12,
                     text_layers=12, text_width=512, text_heads=8, projection_dim=512),

@@ -120,7 +120,7 @@ def test_bad_bias_and_layers_raise(model):
     with pytest.raises(ValueError, match="17, 17"):
         model.encode_image(pixels, torch.zeros(1, 10, 10))
     with pytest.raises(ValueError, match="does not exist"):
-        model.encode_image(pixels, torch.zeros(1, 17, 17), bias_layers=[3])
+        model.encode_image(pixels, torch.zeros(1, 17, 17), bias_layers=[4])
     with pytest.raises(ValueError, match="batch"):
         model.encode_image(pixels, torch.zeros(2, 17, 17))
 
