@@ -6,16 +6,20 @@ Two steps, so that the CPU-heavy one can run in dataloader workers:
 2. :class:`RegionEncoder` (holds the model): queues prepared images of one prompt, runs forwards
    in batches of ``batch_size`` rows across images, and hands back each image's ``(K, D)`` embeddings.
 
+:func:`encode_items` runs both over a whole dataset (image loading in optional dataloader workers).
+
 A prompt that does not depend on the region (plain CLIP) costs one forward per image, whatever the
 number of boxes; otherwise one forward per box. :attr:`RegionEncoder.forwards` counts the rows.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Hashable, Sequence
+from typing import Hashable, Iterator, Sequence
 
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from .clip import FoveatedCLIP
 from .geometry import Box, clip_box_to_image
@@ -124,3 +128,74 @@ def encode_regions(model: FoveatedCLIP, image: Image.Image, boxes: Sequence[Box]
     inputs = prepare_regions(model.preprocessor, image.convert("RGB"), boxes, prompt, resize)
     ready = encoder.add(0, inputs) + encoder.flush()
     return ready[0][1]
+
+
+class _PreparedItems(Dataset):
+    """Loads each item's image once and prepares every prompt's region inputs (runs in dataloader workers)."""
+
+    def __init__(self, items: Sequence, boxes: Sequence[Sequence[Box]], prompts: Sequence[VisualPrompt],
+                 preprocessor: ImagePreprocessor, resize: str):
+        self.items, self.boxes, self.prompts = items, boxes, prompts
+        self.preprocessor, self.resize = preprocessor, resize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, RegionInputs] | str]:
+        item = self.items[index]
+        where = getattr(item, "image_path", f"item {index}")
+        try:
+            image = item.load_image()
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            return index, f"cannot read image {where}: {type(error).__name__}: {error}"
+        width, height = getattr(item, "width", None), getattr(item, "height", None)
+        if width and height and (image.width, image.height) != (width, height):
+            return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}"
+        try:
+            return index, {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt,
+                                                        self.resize) for prompt in self.prompts}
+        except ValueError as error:  # BoxError is a ValueError
+            return index, f"image {where}: {error}"
+
+
+def _identity(item):
+    return item
+
+
+def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
+                 prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
+                 num_workers: int = 0, progress: bool = True, desc: str = "",
+                 forwards: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
+    """Region embeddings of many items under many prompts, batched across items.
+
+    ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
+    ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
+    ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
+    used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
+    ``forwards`` (if given) receives the number of forward rows per prompt.
+    """
+    names = [prompt.name for prompt in prompts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prompt names must be unique, got {names}")
+    encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
+    waiting: dict[int, dict[str, torch.Tensor]] = {}
+    loader = DataLoader(_PreparedItems(items, boxes, prompts, model.preprocessor, resize), batch_size=None,
+                        shuffle=False, num_workers=num_workers, collate_fn=_identity)
+
+    def collect(name: str, ready: list[tuple[Hashable, torch.Tensor]]):
+        for index, embedding in ready:
+            waiting.setdefault(index, {})[name] = embedding
+            if len(waiting[index]) == len(names):
+                yield index, waiting.pop(index)
+
+    for index, prepared in tqdm(loader, total=len(items), desc=desc, unit="img", disable=not progress, leave=False):
+        if isinstance(prepared, str):
+            yield index, prepared
+            continue
+        for name, inputs in prepared.items():
+            yield from collect(name, encoders[name].add(index, inputs))
+    for name, encoder in encoders.items():
+        yield from collect(name, encoder.flush())
+    if forwards is not None:
+        forwards.update({name: encoder.forwards for name, encoder in encoders.items()})
+    assert not waiting, "every prepared item must have been encoded under every prompt"

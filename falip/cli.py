@@ -1,0 +1,41 @@
+"""``falip-run``: the Hydra entry point. ``falip-run experiment=<name> [key=value ...]``; ``--help`` lists groups."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+SANDBOX_MODEL_DIR = Path(__file__).resolve().parent / "sandbox" / "model"
+
+
+def _register_resolvers() -> None:
+    if not OmegaConf.has_resolver("falip_sandbox_model"):
+        OmegaConf.register_new_resolver("falip_sandbox_model", lambda: str(SANDBOX_MODEL_DIR))
+    if not OmegaConf.has_resolver("falip_cache"):
+        from .sandbox.cache import cache_root
+
+        OmegaConf.register_new_resolver("falip_cache", lambda: str(cache_root()))
+
+
+@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+def _hydra_main(cfg: DictConfig) -> None:
+    from .runner import run_experiment
+
+    config = OmegaConf.to_container(cfg, resolve=True)
+    record = run_experiment(config)
+    if record is not None:
+        table = record.table()
+        print(f"\n{config['experiment_name']}: accuracy (%) -- rows: prompts, columns: splits")
+        print(table.round(2).to_string(na_rep="-"))
+        print(f"\nwrote {record.csv_path} and {record.json_path}")
+
+
+def main() -> None:
+    _register_resolvers()
+    _hydra_main()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
