@@ -13,6 +13,8 @@ SANDBOX_MODEL_DIR = Path(__file__).resolve().parent / "sandbox" / "model"
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("falip_sandbox_model"):
         OmegaConf.register_new_resolver("falip_sandbox_model", lambda: str(SANDBOX_MODEL_DIR))
+    if not OmegaConf.has_resolver("mul"):
+        OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
     if not OmegaConf.has_resolver("falip_cache"):
         from .sandbox.cache import cache_root
 

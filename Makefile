@@ -1,0 +1,66 @@
+# falip: one command per table. `make run` = the offline sandbox REC experiment; `make test` = the tests.
+PYTHON ?= python3
+VENV ?= .venv
+# The CPU build of torch that lies on this project's machines; on a GPU machine use e.g. TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+RUN := $(BIN)/falip-run
+ARGS ?=
+
+.PHONY: help install run test sandbox shapes-rec shapes-cls shapes-ablation refcoco refcocop refcocog rec-table \
+        rec bench bench-bias bench-rec train-sandbox clean
+
+help:
+	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
+	@echo "make test            the test suite (what CI runs)"
+	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation"
+	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
+	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
+	@echo "make bench           bias-overhead and REC-throughput benchmarks -> results/benchmarks/"
+	@echo "make train-sandbox   retrain the shipped sandbox CLIP (about 30 min on 2 CPU cores)"
+	@echo "Pass overrides with ARGS='key=value ...' (see falip-run --help)."
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q "$(TORCH_SPEC)"
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+install: $(BIN)/.installed
+
+run: install
+	$(RUN) $(ARGS)
+
+test: install
+	$(BIN)/python -m pytest -q
+
+shapes-rec: install
+	$(RUN) experiment=shapes_rec $(ARGS)
+shapes-cls: install
+	$(RUN) experiment=shapes_cls $(ARGS)
+shapes-ablation: install
+	$(RUN) experiment=shapes_ablation $(ARGS)
+sandbox: shapes-rec shapes-cls shapes-ablation
+
+refcoco: install
+	$(RUN) experiment=refcoco_rec $(ARGS)
+refcocop: install
+	$(RUN) experiment=refcocop_rec $(ARGS)
+refcocog: install
+	$(RUN) experiment=refcocog_rec $(ARGS)
+rec-table: refcoco refcocop refcocog
+	$(RUN) experiment=rec_table
+rec: rec-table
+
+bench-bias: install
+	$(BIN)/python scripts/bench_bias_overhead.py
+bench-rec: install
+	$(BIN)/python scripts/bench_rec.py
+bench: bench-bias bench-rec
+
+train-sandbox: install
+	$(BIN)/python scripts/train_sandbox_clip.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
