@@ -96,7 +96,7 @@ class RegionEncoder:
         self._pending_rows += inputs.rows
         return self.flush() if self._pending_rows >= self.batch_size else []
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def flush(self) -> list[tuple[Hashable, torch.Tensor]]:
         """Forward everything queued (in chunks of ``batch_size`` rows) and return it per key."""
         if not self._pending:

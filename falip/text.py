@@ -20,7 +20,7 @@ class TextCache:
         """How many distinct texts went through the text encoder."""
         return len(self._cache)
 
-    @torch.inference_mode()
+    @torch.no_grad()
     def embed(self, texts: Sequence[str]) -> torch.Tensor:
         """``(len(texts), D)`` embeddings; only texts not seen before are encoded."""
         new = list(dict.fromkeys(text for text in texts if text not in self._cache))
