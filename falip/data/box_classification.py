@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
+from typing import Any, Iterable, Mapping, Sequence
 
 from PIL import Image
 
@@ -28,8 +28,11 @@ class ClsSample:
     image_path: Path
     box: Box
     label: int
+    embedded_image: Any = field(default=None, compare=False, repr=False)  # an in-memory PIL image
 
     def load_image(self) -> Image.Image:
+        if self.embedded_image is not None:
+            return self.embedded_image.convert("RGB")
         with Image.open(self.image_path) as image:
             return image.convert("RGB")
 

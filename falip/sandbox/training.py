@@ -1,0 +1,178 @@
+"""Train the sandbox CLIP: a tiny HF ``CLIPModel`` learned contrastively on freshly generated scenes.
+
+Each training image is a scene of 1-3 objects on a random canvas (64-112 px a side, so aspect and
+resizing vary as in evaluation), squashed to the 64 px input by the same preprocessing the
+evaluation uses, and captioned by ONE of its objects through a random template. Targets are soft:
+image i and caption j are a positive pair whenever scene i contains the object caption j names
+(so identical captions in a batch share the target mass). The result is saved as a complete HF
+model directory that ``FoveatedCLIP.from_pretrained`` loads like any checkpoint.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig, CLIPModel
+
+from ..preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
+from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
+
+# Caption forms: the REC text ("a photo of " + expression), the classification templates, and plain forms.
+TRAIN_TEMPLATES: tuple[str, ...] = (
+    "a photo of {}", "a photo of a {}.", "a photo of the {}", "a {}.", "a {}", "{}", "this is a {}.", "the {}",
+)
+VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES)
+INPUT_SIZE, PATCH_SIZE = 64, 8
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 1500
+    batch_size: int = 128
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    seed: int = 0
+    threads: int = 2
+    max_objects: int = 3
+    canvas_min: int = 64
+    canvas_max: int = 112
+    vision_layers: int = 4
+    vision_width: int = 128
+    text_layers: int = 2
+    text_width: int = 128
+    projection_dim: int = 128
+    log_every: int = 25
+    targets: str = "contains"   # "contains": (i, j) positive if scene i contains caption j's object;
+                                # "same_object": if captions i and j name the same object
+
+
+def sandbox_clip_config(train: TrainConfig) -> CLIPConfig:
+    text = dict(vocab_size=len(VOCABULARY) + 4, hidden_size=train.text_width, intermediate_size=4 * train.text_width,
+                num_hidden_layers=train.text_layers, num_attention_heads=4, max_position_embeddings=16,
+                bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
+    vision = dict(image_size=INPUT_SIZE, patch_size=PATCH_SIZE, hidden_size=train.vision_width,
+                  intermediate_size=4 * train.vision_width, num_hidden_layers=train.vision_layers, num_attention_heads=4)
+    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=train.projection_dim)
+
+
+def preprocessor() -> ImagePreprocessor:
+    return ImagePreprocessor(INPUT_SIZE, PATCH_SIZE, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD)
+
+
+def make_batch(rng: np.random.Generator, train: TrainConfig, prep: ImagePreprocessor):
+    """Pixels (B,3,64,64), captions (B), and the (B,B) positive-pair matrix."""
+    images, captions, contents, caption_classes = [], [], [], []
+    for _ in range(train.batch_size):
+        width, height = (int(v) for v in rng.integers(train.canvas_min, train.canvas_max + 1, size=2))
+        scene = generate_scene(rng, int(rng.integers(1, train.max_objects + 1)), width, height)
+        target = scene.objects[int(rng.integers(len(scene.objects)))]
+        template = TRAIN_TEMPLATES[int(rng.integers(len(TRAIN_TEMPLATES)))]
+        images.append(scene.image)
+        captions.append(template.format(target.expression))
+        contents.append({obj.label for obj in scene.objects})
+        caption_classes.append(target.label)
+    if train.targets == "contains":
+        positives = [[caption_classes[j] in contents[i] for j in range(len(captions))] for i in range(len(images))]
+    elif train.targets == "same_object":
+        positives = [[caption_classes[j] == caption_classes[i] for j in range(len(captions))] for i in range(len(images))]
+    else:
+        raise ValueError(f"targets must be 'contains' or 'same_object', got {train.targets!r}")
+    positives = torch.tensor(positives, dtype=torch.float32)
+    return prep(images, "squash"), captions, positives
+
+
+def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy both ways; targets spread over every positive of a row / column."""
+    image_targets = positives / positives.sum(1, keepdim=True)
+    text_targets = positives / positives.sum(0, keepdim=True)
+    image_loss = -(image_targets * F.log_softmax(logits, dim=1)).sum(1).mean()
+    text_loss = -(text_targets * F.log_softmax(logits, dim=0)).sum(0).mean()
+    return (image_loss + text_loss) / 2
+
+
+def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
+                       log: Callable[[str], None] = print) -> tuple[CLIPModel, object, list[dict]]:
+    """Train from ``train`` (seeded) and, if ``out_dir`` is given, save the HF model directory there."""
+    torch.manual_seed(train.seed)
+    torch.set_num_threads(train.threads)
+    rng = np.random.default_rng(train.seed)
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    model = CLIPModel._from_config(sandbox_clip_config(train), attn_implementation="sdpa")
+    model.train()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": train.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=train.lr, betas=(0.9, 0.98))
+
+    def lr_at(step: int) -> float:
+        if step < train.warmup_steps:
+            return train.lr * (step + 1) / train.warmup_steps
+        progress = (step - train.warmup_steps) / max(1, train.steps - train.warmup_steps)
+        return train.lr * 0.5 * (1 + math.cos(math.pi * progress))
+
+    prep, history, started = preprocessor(), [], time.perf_counter()
+    for step in range(train.steps):
+        for group in optimizer.param_groups:
+            group["lr"] = lr_at(step)
+        pixels, captions, positives = make_batch(rng, train, prep)
+        tokens = tokenizer(captions, padding=True, return_tensors="pt")
+        image = model.get_image_features(pixel_values=pixels).pooler_output
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
+        logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
+        loss = contrastive_loss(logits, positives)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        if step % train.log_every == 0 or step == train.steps - 1:
+            entry = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step),
+                     "logit_scale": round(model.logit_scale.detach().exp().item(), 3),
+                     "elapsed_s": round(time.perf_counter() - started, 1)}
+            history.append(entry)
+            log(json.dumps(entry))
+    model.eval()
+    if out_dir is not None:
+        save_sandbox_model(model, tokenizer, out_dir, train, history)
+    return model, tokenizer, history
+
+
+def save_sandbox_model(model: CLIPModel, tokenizer, out_dir: str | Path, train: TrainConfig, history: list[dict]) -> Path:
+    """A complete HF directory: config, safetensors weights, tokenizer, preprocessor config, training log."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps({
+        "image_processor_type": "CLIPImageProcessor", "do_resize": True, "size": {"shortest_edge": INPUT_SIZE},
+        "resample": 3, "do_center_crop": True, "crop_size": {"height": INPUT_SIZE, "width": INPUT_SIZE},
+        "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(OPENAI_CLIP_MEAN),
+        "image_std": list(OPENAI_CLIP_STD), "do_convert_rgb": True}, indent=2) + "\n")
+    (out_dir / "training_log.json").write_text(json.dumps({"config": asdict(train), "history": history}, indent=1) + "\n")
+    return out_dir
+
+
+def vocabulary_covers(texts: list[str]) -> list[str]:
+    """The words of ``texts`` the sandbox tokenizer does not know (empty = all covered)."""
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    unknown = []
+    for text in texts:
+        ids = tokenizer(text)["input_ids"]
+        if tokenizer.unk_token_id in ids:
+            unknown.append(text)
+    return unknown
+
+
+__all__ = ["TrainConfig", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
+           "TRAIN_TEMPLATES", "CLASSES", "expression"]
