@@ -36,12 +36,15 @@ def _scenes(seed: int, split_index: int, num_objects: int, count: int, width: in
 
 
 def write_shapes_rec(root: Path, seed: int, scenes_per_split: int, width: int, height: int,
-                     splits: dict[str, int]) -> None:
+                     splits: dict[str, int], dataset_dir: str = REC_DATASET_DIR, split_by: str = REC_SPLIT_BY,
+                     file_pattern: str = "shapes_{:06d}.png") -> None:
+    """Scenes as a refer-layout REC dataset. ``dataset_dir``/``split_by``/``file_pattern`` let tests dress it
+    as RefCOCO itself (``refcoco``, ``unc``, ``COCO_train2014_{:012d}.jpg``)."""
     images, annotations, refs = [], [], []
     for split_index, (split, num_objects) in enumerate(splits.items()):
         for scene in _scenes(seed, split_index, int(num_objects), scenes_per_split, width, height):
             image_id = len(images) + 1
-            images.append({"id": image_id, "file_name": f"shapes_{image_id:06d}.png", "image": scene.image})
+            images.append({"id": image_id, "file_name": file_pattern.format(image_id), "image": scene.image})
             for obj in scene.objects:
                 ann_id = len(annotations) + 1
                 x0, y0, x1, y1 = obj.box
@@ -50,7 +53,7 @@ def write_shapes_rec(root: Path, seed: int, scenes_per_split: int, width: int, h
                 refs.append({"ref_id": len(refs), "ann_id": ann_id, "image_id": image_id, "split": split,
                              "sentences": [obj.expression]})
     categories = [{"id": index + 1, "name": name} for index, name in enumerate(CLASS_NAMES)]
-    write_refer_dataset(root, REC_DATASET_DIR, REC_SPLIT_BY, images, annotations, categories, refs)
+    write_refer_dataset(root, dataset_dir, split_by, images, annotations, categories, refs)
 
 
 def write_shapes_cls(root: Path, seed: int, scenes_per_split: int, width: int, height: int,
