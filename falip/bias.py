@@ -110,15 +110,24 @@ def foveal_token_weights(
     box_list = boxes.tolist() if isinstance(boxes, torch.Tensor) else [list(b) for b in boxes]
     if any(len(b) != 4 for b in box_list):
         raise ValueError("boxes must have shape (B, 4): x0, y0, x1, y1 in model-input pixels")
-    weights = torch.zeros(len(box_list), grid_h, grid_w, dtype=torch.float64)
-    for index, box in enumerate(box_list):
-        r0, r1, c0, c1 = roa_cells(box, (height, width), patch_size, cell_rule)
-        h, w = r1 - r0 + 1, c1 - c0 + 1
-        i = torch.arange(h, dtype=torch.float64)[:, None] - (h - 1) / 2
-        j = torch.arange(w, dtype=torch.float64)[None, :] - (w - 1) / 2
-        gauss = torch.exp(-(i**2 + j**2) / (2 * sigma**2))
-        low, high = gauss.min(), gauss.max()
-        weights[index, r0 : r1 + 1, c0 : c1 + 1] = alpha * (gauss - low + eps) / (high - low + eps)
+    if not box_list:
+        return torch.zeros(0, grid_h, grid_w, dtype=torch.float64)
+    cells = torch.tensor([roa_cells(box, (height, width), patch_size, cell_rule) for box in box_list],
+                         dtype=torch.float64)[:, :, None, None]  # (B, 4, 1, 1): r0, r1, c0, c1
+    r0, r1, c0, c1 = cells.unbind(1)
+    rows = torch.arange(grid_h, dtype=torch.float64)[None, :, None]
+    cols = torch.arange(grid_w, dtype=torch.float64)[None, None, :]
+
+    def gaussian(di: torch.Tensor, dj: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-(di**2 + dj**2) / (2 * sigma**2))
+
+    # i - (h-1)/2 with i = row - r0 is row - (r0+r1)/2; the max of R sits at the cell(s) nearest the
+    # centre (offset 0 or 1/2), the min at the corners (offset (h-1)/2, (w-1)/2).
+    gauss = gaussian(rows - (r0 + r1) / 2, cols - (c0 + c1) / 2)
+    high = gaussian(((r1 - r0) % 2) / 2, ((c1 - c0) % 2) / 2)
+    low = gaussian((r1 - r0) / 2, (c1 - c0) / 2)
+    inside = (rows >= r0) & (rows <= r1) & (cols >= c0) & (cols <= c1)
+    weights = torch.where(inside, alpha * (gauss - low + eps) / (high - low + eps), torch.zeros((), dtype=torch.float64))
     return weights
 
 

@@ -34,6 +34,16 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"\nwrote {record.csv_path} and {record.json_path}")
 
 
+def compose(overrides: list[str] | None = None) -> dict:
+    """The resolved config ``falip-run <overrides>`` would run, as a plain dict (for tests and notebooks)."""
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_module
+
+    _register_resolvers()
+    with initialize_config_module("falip.configs", version_base="1.3"):
+        return OmegaConf.to_container(hydra_compose("config", overrides=list(overrides or [])), resolve=True)
+
+
 def main() -> None:
     _register_resolvers()
     _hydra_main()

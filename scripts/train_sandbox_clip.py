@@ -25,7 +25,7 @@ from falip.sandbox.training import TRAIN_TEMPLATES, VOCABULARY, TrainConfig, tra
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "falip" / "sandbox" / "model"
 EVAL_SEED = 777_000  # held out: training draws from seed 0's stream
-ALPHAS = (0.2, 0.5, 1.0, 2.0, 4.0)
+ALPHAS = (0.2, 1.0, 4.0, 8.0, 16.0, 32.0)
 LAYER_SETS = {"all 4": None, "last 2": (-2, -1), "last 1": (-1,)}
 
 
@@ -117,13 +117,23 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--eval-scenes", type=int, default=400, help="held-out scenes per evaluation set")
     parser.add_argument("--no-eval", action="store_true", help="only train and save")
+    parser.add_argument("--eval-only", action="store_true",
+                        help="skip training: evaluate the model in --out and rewrite its card")
     parser.add_argument("--machine-note", default="machine not shared", help="recorded in the card")
     args = parser.parse_args()
 
-    train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
-    started = time.perf_counter()
-    _, _, history = train_sandbox_clip(train, args.out)
-    wall = time.perf_counter() - started
+    if args.eval_only:
+        log = json.loads((args.out / "training_log.json").read_text())
+        train, history = TrainConfig(**log["config"]), log["history"]
+        wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
+    else:
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+        started = time.perf_counter()
+        _, _, history = train_sandbox_clip(train, args.out)
+        wall = time.perf_counter() - started
+        log = json.loads((args.out / "training_log.json").read_text())
+        log.update({"wall_time_s": round(wall, 1), "machine_note": args.machine_note})
+        (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     size_mb = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
     print(f"trained {train.steps} steps in {wall / 60:.1f} min -> {args.out} ({size_mb:.1f} MB)")
     loss_curve(history, args.out / "loss_curve.png")

@@ -136,17 +136,20 @@ def evaluate_rec_split(
     forwards: dict[str, int] = {}
 
     def score(record: RecImage, embeddings: dict[str, torch.Tensor], handle) -> None:
-        text_emb = texts.embed([template.format(s.text.lower()) for s in record.sentences])
-        for sentence, text in zip(record.sentences, text_emb):
+        text_emb = texts.embed([template.format(s.text.lower()) for s in record.sentences])  # (S, D)
+        predictions = {}
+        for name in names:
+            logits = scale * embeddings[name] @ text_emb.T  # (K, S)
+            if subtract is not None:
+                logits = logits - (scale * embeddings[name] @ subtract)[:, None]
+            predictions[name] = logits.argmax(0).tolist()  # first maximum on ties, as np.argmax in the released code
+        for index, sentence in enumerate(record.sentences):
             targets = record.target_boxes(sentence)
             line = {"image_id": record.image_id, "sent_id": sentence.sent_id, "text": sentence.text,
                     "target_ann_ids": list(sentence.target_ann_ids), "num_candidates": len(record.candidates),
                     "pred": {}, "correct": {}}
             for name in names:
-                logits = scale * embeddings[name] @ text
-                if subtract is not None:
-                    logits = logits - scale * embeddings[name] @ subtract
-                pred = int(torch.argmax(logits))  # first maximum on ties, as np.argmax in the released code
+                pred = predictions[name][index]
                 hit = any(iou(record.candidates[pred], target) > options.iou_threshold for target in targets)
                 correct[name] += hit
                 line["pred"][name], line["correct"][name] = pred, int(hit)
