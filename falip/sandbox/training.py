@@ -35,7 +35,7 @@ INPUT_SIZE, PATCH_SIZE = 64, 8
 
 @dataclass
 class TrainConfig:
-    steps: int = 1500
+    steps: int = 2500
     batch_size: int = 128
     lr: float = 1e-3
     weight_decay: float = 0.05
