@@ -37,15 +37,14 @@ class ImagePreprocessor:
         return resize_geometry(image_width, image_height, self.image_size, resize)
 
     def __call__(self, images: Image.Image | Sequence[Image.Image], resize: str = "squash") -> torch.Tensor:
-        """PIL image(s) -> normalised float32 pixels ``(B, 3, S, S)`` on the CPU."""
+        """PIL image(s) -> normalised float32 pixels ``(B, 3, S, S)`` on the CPU: ``(x / 255 - mean) / std``."""
         if isinstance(images, Image.Image):
             images = [images]
         arrays = []
         for image in images:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            square = resize_to_input(rgb, self.geometry(rgb.width, rgb.height, resize))
-            arrays.append(np.asarray(square, dtype=np.float32))
-        pixels = torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).div_(255.0)
-        mean = torch.tensor(self.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-        return (pixels - mean) / std
+            arrays.append(np.asarray(resize_to_input(rgb, self.geometry(rgb.width, rgb.height, resize))))
+        pixels = np.stack(arrays).astype(np.float32) / np.float32(255.0)  # (B, S, S, 3)
+        pixels -= np.asarray(self.image_mean, dtype=np.float32)
+        pixels /= np.asarray(self.image_std, dtype=np.float32)
+        return torch.from_numpy(np.ascontiguousarray(pixels.transpose(0, 3, 1, 2)))

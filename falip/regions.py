@@ -2,9 +2,10 @@
 
 Two steps, so that the CPU-heavy one can run in dataloader workers:
 
-1. :func:`prepare_regions` (model-free): edits + preprocessing + bias for one image's boxes.
+1. :func:`prepare_regions` (model-free): edits + preprocessing + box geometry for one image's boxes.
 2. :class:`RegionEncoder` (holds the model): queues prepared images of one prompt, runs forwards
-   in batches of ``batch_size`` rows across images, and hands back each image's ``(K, D)`` embeddings.
+   in full batches of ``batch_size`` rows across images (building the bias once per batch), and
+   hands back each image's ``(K, D)`` embeddings.
 
 :func:`encode_items` runs both over a whole dataset (image loading in optional dataloader workers).
 
@@ -13,6 +14,7 @@ number of boxes; otherwise one forward per box. :attr:`RegionEncoder.forwards` c
 """
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import dataclass
 from typing import Hashable, Iterator, Sequence
 
@@ -32,26 +34,28 @@ class RegionInputs:
     """Model inputs for the K regions of one image under one prompt.
 
     ``pixels`` has 1 row when all regions share the image (no region-dependent edit), else K rows;
-    ``bias`` is ``(K, T, T)`` or None; ``rows`` is how many forward rows the regions cost.
+    ``input_boxes`` are the K boxes in model-input pixels when the prompt has a bias (the bias itself
+    is built per forward batch by :class:`RegionEncoder`); ``rows`` is how many forward rows the
+    regions cost.
     """
 
     pixels: torch.Tensor
-    bias: torch.Tensor | None
+    input_boxes: list[Box] | None
     num_regions: int
     rows: int
 
-    def expanded(self) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Pixels (and bias) with exactly ``rows`` rows."""
-        pixels = self.pixels if self.pixels.shape[0] == self.rows else self.pixels.expand(self.rows, -1, -1, -1)
-        return pixels, self.bias
+    def row_pixels(self) -> torch.Tensor:
+        """Pixels with exactly ``rows`` rows."""
+        return self.pixels if self.pixels.shape[0] == self.rows else self.pixels.expand(self.rows, -1, -1, -1)
 
 
 def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, boxes: Sequence[Box],
                     prompt: VisualPrompt, resize: str = "squash") -> RegionInputs:
-    """Edit, preprocess and bias the regions ``boxes`` (xyxy, original-image pixels) of ``image``.
+    """Edit and preprocess the regions ``boxes`` (xyxy, original-image pixels) of ``image``, and map
+    them into the model input for the prompt's bias.
 
-    Boxes are clipped to the image; an empty box or one outside the image raises
-    :class:`falip.geometry.BoxError`.
+    Boxes are clipped to the image; an empty box or one outside the image (or outside the model
+    input after a center crop) raises :class:`falip.geometry.BoxError`.
     """
     if not boxes:
         raise ValueError("no regions to encode")
@@ -66,23 +70,31 @@ def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, boxes: 
     else:
         pixels = preprocessor(image, resize)
         frames = [(image.size, box) for box in boxes]
-    bias = None
+    input_boxes = None
     if prompt.bias is not None:
         input_boxes = [preprocessor.geometry(w, h, resize).box_to_input(box) for (w, h), box in frames]
-        bias = prompt.bias.build(input_boxes, preprocessor.image_size, preprocessor.patch_size)
-    return RegionInputs(pixels, bias, count, rows=count)
+    return RegionInputs(pixels, input_boxes, count, rows=count)
 
 
 class RegionEncoder:
-    """Runs the forwards of one prompt in batches across images (all rows share the prompt's bias layers)."""
+    """Runs the forwards of one prompt in full batches across images.
+
+    Rows are queued in arrival order and forwarded ``batch_size`` at a time, so an image's regions
+    may straddle two batches; only :meth:`flush` runs a partial batch. The prompt's bias is built
+    once per batch from the queued boxes. :attr:`forwards` counts the rows run.
+    """
 
     def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = 64):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size = model, prompt, batch_size
         self.forwards = 0
-        self._pending: list[tuple[Hashable, RegionInputs]] = []
-        self._pending_rows = 0
+        self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
+        self._queued_pixels: list[torch.Tensor] = []  # rows not yet forwarded, in order
+        self._queued_boxes: list[Box] = []
+        self._queued_rows = 0
+        self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
+        self._done_rows = 0
 
     @property
     def bias_layers(self) -> list[int] | None:
@@ -92,32 +104,45 @@ class RegionEncoder:
 
     def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
-        self._pending.append((key, inputs))
-        self._pending_rows += inputs.rows
-        return self.flush() if self._pending_rows >= self.batch_size else []
+        if self.prompt.bias is not None and (inputs.input_boxes is None or len(inputs.input_boxes) != inputs.rows):
+            raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input box per row")
+        self._waiting.append((key, inputs))
+        self._queued_pixels.append(inputs.row_pixels())
+        self._queued_boxes.extend(inputs.input_boxes or [])
+        self._queued_rows += inputs.rows
+        while self._queued_rows >= self.batch_size:
+            self._forward(self.batch_size)
+        return self._ready()
+
+    def flush(self) -> list[tuple[Hashable, torch.Tensor]]:
+        """Forward every queued row (the last batch may be partial) and hand back everything."""
+        while self._queued_rows:
+            self._forward(min(self.batch_size, self._queued_rows))
+        return self._ready()
 
     @torch.no_grad()
-    def flush(self) -> list[tuple[Hashable, torch.Tensor]]:
-        """Forward everything queued (in chunks of ``batch_size`` rows) and return it per key."""
-        if not self._pending:
-            return []
-        parts = [item.expanded() for _, item in self._pending]
-        pixels = torch.cat([p for p, _ in parts])
-        biases = [b for _, b in parts]
-        bias = torch.cat(biases) if biases[0] is not None else None
-        outputs = []
-        for start in range(0, pixels.shape[0], self.batch_size):
-            stop = start + self.batch_size
-            chunk_bias = bias[start:stop] if bias is not None else None
-            outputs.append(self.model.encode_image(pixels[start:stop], chunk_bias, self.bias_layers).float().cpu())
-        embeddings = torch.cat(outputs)
-        self.forwards += embeddings.shape[0]
-        ready, offset = [], 0
-        for key, item in self._pending:
-            rows = embeddings[offset:offset + item.rows]
-            offset += item.rows
+    def _forward(self, count: int) -> None:
+        pixels = torch.cat(self._queued_pixels) if len(self._queued_pixels) > 1 else self._queued_pixels[0]
+        self._queued_pixels = [pixels[count:]] if pixels.shape[0] > count else []
+        bias = None
+        if self.prompt.bias is not None:
+            boxes, self._queued_boxes = self._queued_boxes[:count], self._queued_boxes[count:]
+            bias = self.prompt.bias.build(boxes, self.model.image_size, self.model.patch_size)
+        embeddings = self.model.encode_image(pixels[:count], bias, self.bias_layers).float().cpu()
+        self._done.append(embeddings)
+        self._done_rows += count
+        self._queued_rows -= count
+        self.forwards += count
+
+    def _ready(self) -> list[tuple[Hashable, torch.Tensor]]:
+        ready = []
+        while self._waiting and self._waiting[0][1].rows <= self._done_rows:
+            key, item = self._waiting.popleft()
+            done = torch.cat(self._done) if len(self._done) > 1 else self._done[0]
+            rows = done[:item.rows]
+            self._done = [done[item.rows:]] if done.shape[0] > item.rows else []
+            self._done_rows -= item.rows
             ready.append((key, rows if item.rows == item.num_regions else rows.expand(item.num_regions, -1)))
-        self._pending, self._pending_rows = [], 0
         return ready
 
 

@@ -72,3 +72,24 @@ def test_bad_regions_raise(model):
         prepare_regions(model.preprocessor, scene(3), [(10, 10, 10, 30)], FALIP)
     with pytest.raises(ValueError, match="no regions"):
         prepare_regions(model.preprocessor, scene(3), [], FALIP)
+
+
+def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
+    calls = []
+    encode = model.encode_image
+
+    def spy(pixels, bias=None, layers=None):
+        calls.append((pixels.shape[0], None if bias is None else bias.shape[0]))
+        return encode(pixels, bias, layers)
+
+    monkeypatch.setattr(model, "encode_image", spy)
+    encoder = RegionEncoder(model, FALIP, batch_size=4)
+    sizes = [1, 2, 3, 1, 2]  # 9 rows: images straddle batches, only the last batch is partial
+    ready = {}
+    for index, count in enumerate(sizes):
+        ready.update(encoder.add(index, prepare_regions(model.preprocessor, scene(index), BOXES[:count], FALIP)))
+    ready.update(encoder.flush())
+    assert calls == [(4, 4), (4, 4), (1, 1)] and encoder.forwards == 9
+    monkeypatch.undo()
+    for index, count in enumerate(sizes):
+        assert torch.allclose(ready[index], encode_regions(model, scene(index), BOXES[:count], FALIP), atol=1e-5)
