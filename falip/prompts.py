@@ -85,51 +85,51 @@ class RedCircle(ImageEdit):
         return edited, box
 
 
+class _ReplaceOutside(ImageEdit):
+    """Edits that keep the region and show a transformed copy of the image everywhere else."""
+
+    shape: str
+
+    def __post_init__(self) -> None:
+        _check_shape(self.shape)
+
+    def background(self, image: Image.Image) -> Image.Image:
+        raise NotImplementedError
+
+    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
+        background = self.background(image)  # once per image, not per box
+        return [self._paste(background, image, box) for box in boxes]
+
+    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+        return self._paste(self.background(image), image, box)
+
+    def _paste(self, background: Image.Image, image: Image.Image, box: Box) -> Edited:
+        edited = background.copy()
+        edited.paste(image, mask=_region_mask(image.size, box, self.shape))
+        return edited, box
+
+
 @dataclass(frozen=True)
-class BlurOutside(ImageEdit):
+class BlurOutside(_ReplaceOutside):
     """Gaussian-blur the image outside the region (ReCLIP's blur: radius 100, region = box)."""
 
     name: ClassVar[str] = "blur"
     radius: float = 100.0
     shape: str = "box"
 
-    def __post_init__(self) -> None:
-        _check_shape(self.shape)
-
-    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
-        blurred = image.filter(ImageFilter.GaussianBlur(self.radius))  # once per image, not per box
-        return [self._paste(blurred, image, box) for box in boxes]
-
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
-        return self._paste(image.filter(ImageFilter.GaussianBlur(self.radius)), image, box)
-
-    def _paste(self, background: Image.Image, image: Image.Image, box: Box) -> Edited:
-        edited = background.copy()
-        edited.paste(image, mask=_region_mask(image.size, box, self.shape))
-        return edited, box
+    def background(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(self.radius))
 
 
 @dataclass(frozen=True)
-class GrayscaleOutside(ImageEdit):
+class GrayscaleOutside(_ReplaceOutside):
     """Grayscale outside the region (FGVP's grayscale prompt; region = the inscribed ellipse)."""
 
     name: ClassVar[str] = "grayscale"
     shape: str = "ellipse"
 
-    def __post_init__(self) -> None:
-        _check_shape(self.shape)
-
-    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
-        gray = image.convert("L").convert("RGB")
-        return [self._paste(gray, image, box) for box in boxes]
-
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
-        return self._paste(image.convert("L").convert("RGB"), image, box)
-
-    def _paste(self, background: Image.Image, image: Image.Image, box: Box) -> Edited:
-        edited = background.copy()
-        edited.paste(image, mask=_region_mask(image.size, box, self.shape))
-        return edited, box
+    def background(self, image: Image.Image) -> Image.Image:
+        return image.convert("L").convert("RGB")
 
 
 @dataclass(frozen=True)

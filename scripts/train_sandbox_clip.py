@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Train the sandbox CLIP on CPU, save it as a HF model directory, and write its model card.
 
-Default: 2,500 steps x batch 128 (about 20 minutes on 2 CPU cores), seed 0, into
+Default: 2,500 steps x batch 128 (about 26 minutes on 2 CPU cores), seed 0, into
 falip/sandbox/model/ (config.json, model.safetensors, tokenizer, preprocessor_config.json,
 training_log.json, eval_results.json, loss_curve.png, MODEL_CARD.md). The evaluation uses held-out
 seeds and the project's own REC / classification code.
