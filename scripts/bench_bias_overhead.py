@@ -23,7 +23,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="vit-b16", help="random model shape (vit-b16 or tiny)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15, help="interleaved timed repeats (noise here is a few %%)")
     parser.add_argument("--impls", nargs="+", default=["sdpa", "eager"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="float32")
