@@ -15,6 +15,12 @@ def _rec(config, model, prompts, record):
     run_rec_experiment(config, model, prompts, record)
 
 
+def _check_rec(config):
+    from .sources import check_rec_dataset
+
+    check_rec_dataset(config["dataset"])
+
+
 def _classification(config, model, prompts, record):
     from .tasks.classification import run_classification_experiment
 
@@ -23,6 +29,8 @@ def _classification(config, model, prompts, record):
 
 # task.name -> runner(config, model, prompts, record); "table" tasks combine finished results instead.
 TASKS: dict[str, Callable] = {"rec": _rec, "classification": _classification}
+# task.name -> check(config), run before the model loads so a missing dataset is reported at once.
+PREFLIGHTS: dict[str, Callable] = {"rec": _check_rec}
 
 
 def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
@@ -40,6 +48,8 @@ def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
     prompts = prompts_from_config(config.get("prompts") or {})
     if not prompts:
         raise ValueError("the experiment has no prompts: set prompts=<group> or prompts.<name>={...}")
+    if task in PREFLIGHTS:
+        PREFLIGHTS[task](config)
     model = load_model(config["model"], config["run"])
     record = ExperimentRecord(config["experiment_name"], config, config["run"]["output_dir"],
                               [prompt.name for prompt in prompts], model, resume=bool(config["run"].get("resume")))

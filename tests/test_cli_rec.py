@@ -70,3 +70,22 @@ def test_bad_inputs_through_the_cli(refcoco_root, tmp_path):
     assert sorted(s["image_id"] for s in column["skipped"]) == [2, 3]
     assert column["num_skipped_sentences"] == 4 and column["num_sentences"] == 8
     assert column["correct"]["FALIP"] <= 4
+
+
+def test_missing_dataset_is_reported_before_the_model_loads(tmp_path):
+    from falip.cli import compose
+    from falip.data.rec import DatasetError
+    from falip.runner import run_experiment
+
+    config = compose(["experiment=refcoco_rec", f"dataset.root={tmp_path / 'nowhere'}", f"model.path={tmp_path / 'no-model'}",
+                      f"run.output_dir={tmp_path}"])
+    with pytest.raises(DatasetError, match="no refcoco data found"):
+        run_experiment(config)
+    (tmp_path / "refer" / "refcoco").mkdir(parents=True)
+    (tmp_path / "refer" / "refcoco" / "instances.json").write_text("{}")
+    config["dataset"]["root"] = str(tmp_path / "refer")
+    with pytest.raises(DatasetError, match="image folder .*train2014 does not exist"):
+        run_experiment(config)
+    config["dataset"]["splits"] = ["val", "dev"]
+    with pytest.raises(DatasetError, match="no split 'dev'"):
+        run_experiment(config)

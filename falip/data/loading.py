@@ -40,10 +40,14 @@ def check_split(name: str, split: str, split_by: str | None) -> None:
             raise DatasetError(f"{name} has no split {split!r}; valid: {list(KNOWN_SPLITS[name])}")
 
 
-def load_rec_split(name: str, split: str, *, root: str | Path | None = None, layout: str = "auto",
-                   image_dir: str | Path | None = None, split_by: str | None = None, hf_id: str | None = None,
-                   detections: str | Path | None = None) -> RecSplit:
-    """A REC split from whichever layout the config names (or finds), with detections if given."""
+def resolve_rec_source(name: str, split: str, *, root: str | Path | None = None, layout: str = "auto",
+                       image_dir: str | Path | None = None, split_by: str | None = None,
+                       hf_id: str | None = None) -> tuple[str, Path | None]:
+    """The cheap checks, no file parsed: split name, layout (found when ``auto``), folders.
+
+    Returns ``(layout, image_dir)``; raises :class:`DatasetError` saying what is missing and how to get it.
+    Runs before the model is loaded, so a missing dataset is reported at once.
+    """
     if layout not in LAYOUTS:
         raise DatasetError(f"dataset.layout must be one of {LAYOUTS}, got {layout!r}")
     check_split(name, split, split_by)
@@ -51,11 +55,22 @@ def load_rec_split(name: str, split: str, *, root: str | Path | None = None, lay
         layout = detect_layout(name, root, hf_id)
     if layout in ("refer", "reclip") and (root is None or not Path(root).is_dir()):
         raise DatasetError(f"dataset.root {root} is not a directory.\n{HOW_TO_GET}")
+    if layout == "hf" and not hf_id:
+        raise DatasetError("dataset.layout=hf needs dataset.hf_id (a HF datasets id or local folder)")
     if layout == "refer":
         image_dir = Path(image_dir) if image_dir else default_image_dir(root)
     if image_dir is not None and not Path(image_dir).is_dir():
         raise DatasetError(f"image folder {image_dir} does not exist: set dataset.image_dir to the COCO train2014 "
                            f"images (http://images.cocodataset.org/zips/train2014.zip)")
+    return layout, Path(image_dir) if image_dir is not None else None
+
+
+def load_rec_split(name: str, split: str, *, root: str | Path | None = None, layout: str = "auto",
+                   image_dir: str | Path | None = None, split_by: str | None = None, hf_id: str | None = None,
+                   detections: str | Path | None = None) -> RecSplit:
+    """A REC split from whichever layout the config names (or finds), with detections if given."""
+    layout, image_dir = resolve_rec_source(name, split, root=root, layout=layout, image_dir=image_dir,
+                                           split_by=split_by, hf_id=hf_id)
     if layout == "refer":
         split_data = load_refer_split(root, name, split, split_by=split_by, image_dir=image_dir)
     elif layout == "reclip":
@@ -65,8 +80,6 @@ def load_rec_split(name: str, split: str, *, root: str | Path | None = None, lay
     else:
         from .hf import load_hf_split
 
-        if not hf_id:
-            raise DatasetError("dataset.layout=hf needs dataset.hf_id (a HF datasets id or local folder)")
         split_data = load_hf_split(hf_id, split, image_dir=image_dir)
     if detections:
         split_data = with_detections(split_data, load_detections(detections), str(detections))
