@@ -237,6 +237,7 @@ class FoveatedCLIP(nn.Module):
         pixel_values: torch.Tensor,
         attention_bias: torch.Tensor | None = None,
         bias_layers: Sequence[int] | None = None,
+        image_index: torch.Tensor | Sequence[int] | None = None,
     ) -> torch.Tensor:
         """L2-normalised projected image embeddings ``(B, D)``.
 
@@ -244,22 +245,48 @@ class FoveatedCLIP(nn.Module):
         :attr:`num_tokens`, is added to the attention logits of every head in the vision layers
         ``bias_layers`` (``None`` = all; negative indices count from the end, e.g. ``[-4, -3, -2, -1]``
         = the released FALIP code's last 4 of 12) for this call only. It is cast to the activation dtype.
+
+        ``image_index`` (``B`` ints) says which row of ``pixel_values`` each output row reads, so that
+        the K regions of one image pass its pixels once: the patch embedding and every layer before
+        the first biased one see no bias, hence are the same for all K rows and run once per image
+        (for the released protocol's last 4 of 12 layers, 8 layers once per image instead of once per
+        region). Only the rounding of the batched matrix products can differ from passing the
+        expanded pixels.
         """
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
+        index = self._image_index(image_index, pixel_values.shape[0])
+        rows = pixel_values.shape[0] if index is None else index.shape[0]
         if attention_bias is None:
             features = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
-            return features / features.norm(dim=-1, keepdim=True)
+            features = features / features.norm(dim=-1, keepdim=True)
+            return features if index is None else features[index]
         if self.attn_implementation not in BIAS_ATTN_IMPLEMENTATIONS:
             raise ValueError(f"an attention bias needs attn_implementation in {BIAS_ATTN_IMPLEMENTATIONS}; "
                              f"this model uses {self.attn_implementation!r}")
         layers = self._layer_set(bias_layers)
+        first_biased = min(layers, default=self.num_layers)
         vision = self.clip.vision_model
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        mask = self._bias_as_mask(attention_bias, pixel_values.shape[0], hidden.dtype)
-        for index, layer in enumerate(vision.encoder.layers):
-            hidden = layer(hidden, mask if index in layers else None)
+        mask = self._bias_as_mask(attention_bias, rows, hidden.dtype)
+        for position, layer in enumerate(vision.encoder.layers):
+            if position == first_biased and index is not None:
+                hidden = hidden[index]  # from here on each region has its own bias
+            hidden = layer(hidden, mask if position in layers else None)
+        if first_biased == self.num_layers and index is not None:
+            hidden = hidden[index]
         features = self.clip.visual_projection(vision.post_layernorm(hidden[:, 0]))
         return features / features.norm(dim=-1, keepdim=True)
+
+    def _image_index(self, image_index: torch.Tensor | Sequence[int] | None, num_images: int) -> torch.Tensor | None:
+        if image_index is None:
+            return None
+        index = torch.as_tensor(image_index, dtype=torch.long)
+        if index.dim() != 1 or index.numel() == 0:
+            raise ValueError(f"image_index must be a non-empty 1-D sequence of row numbers, got shape {tuple(index.shape)}")
+        if int(index.min()) < 0 or int(index.max()) >= num_images:
+            raise ValueError(f"image_index must lie in 0..{num_images - 1} (the rows of pixel_values), "
+                             f"got {int(index.min())}..{int(index.max())}")
+        return index.to(self.device)
 
     # ------------------------------------------------------------------ text
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:

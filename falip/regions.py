@@ -15,12 +15,12 @@ number of boxes; otherwise one forward per box. :attr:`RegionEncoder.forwards` c
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Hashable, Iterator, Sequence
 
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
 from .clip import FoveatedCLIP
@@ -43,10 +43,6 @@ class RegionInputs:
     input_boxes: list[Box] | None
     num_regions: int
     rows: int
-
-    def row_pixels(self) -> torch.Tensor:
-        """Pixels with exactly ``rows`` rows."""
-        return self.pixels if self.pixels.shape[0] == self.rows else self.pixels.expand(self.rows, -1, -1, -1)
 
 
 def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, boxes: Sequence[Box],
@@ -81,7 +77,11 @@ class RegionEncoder:
 
     Rows are queued in arrival order and forwarded ``batch_size`` at a time, so an image's regions
     may straddle two batches; only :meth:`flush` runs a partial batch. The prompt's bias is built
-    once per batch from the queued boxes. :attr:`forwards` counts the rows run.
+    once per batch from the queued boxes. Regions that share their image's pixels (a bias without
+    a region-dependent edit) pass those pixels once per batch with an ``image_index``, so the
+    layers before the first biased one run once per image (:meth:`FoveatedCLIP.encode_image`).
+    :attr:`forwards` counts the rows run (one per region embedding); :attr:`distinct_images`
+    counts the pixel rows the unbiased layers ran on.
     """
 
     def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = 64):
@@ -89,8 +89,9 @@ class RegionEncoder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size = model, prompt, batch_size
         self.forwards = 0
+        self.distinct_images = 0
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
-        self._queued_pixels: list[torch.Tensor] = []  # rows not yet forwarded, in order
+        self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded], in order
         self._queued_boxes: list[Box] = []
         self._queued_rows = 0
         self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
@@ -106,8 +107,10 @@ class RegionEncoder:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
         if self.prompt.bias is not None and (inputs.input_boxes is None or len(inputs.input_boxes) != inputs.rows):
             raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input box per row")
+        if inputs.pixels.shape[0] not in (1, inputs.rows):
+            raise ValueError(f"inputs have {inputs.pixels.shape[0]} pixel rows for {inputs.rows} forward rows")
         self._waiting.append((key, inputs))
-        self._queued_pixels.append(inputs.row_pixels())
+        self._queued.append([inputs.pixels, inputs.rows])
         self._queued_boxes.extend(inputs.input_boxes or [])
         self._queued_rows += inputs.rows
         while self._queued_rows >= self.batch_size:
@@ -120,19 +123,42 @@ class RegionEncoder:
             self._forward(min(self.batch_size, self._queued_rows))
         return self._ready()
 
+    def _take_rows(self, count: int) -> tuple[torch.Tensor, list[int] | None]:
+        """Pixels and ``image_index`` of the next ``count`` queued rows (index None: one pixel row per row)."""
+        parts, index, offset, left = [], [], 0, count
+        while left:
+            entry = self._queued[0]
+            pixels, rows = entry
+            take = min(left, rows)
+            if pixels.shape[0] == 1:  # every row of this image reads the same pixels: pass them once
+                parts.append(pixels)
+                index.extend([offset] * take)
+                offset += 1
+            else:
+                parts.append(pixels[:take])
+                index.extend(range(offset, offset + take))
+                offset += take
+                entry[0] = pixels[take:]
+            entry[1] -= take
+            left -= take
+            if entry[1] == 0:
+                self._queued.popleft()
+        pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return pixels, (None if offset == count else index)
+
     @torch.no_grad()
     def _forward(self, count: int) -> None:
-        pixels = torch.cat(self._queued_pixels) if len(self._queued_pixels) > 1 else self._queued_pixels[0]
-        self._queued_pixels = [pixels[count:]] if pixels.shape[0] > count else []
+        pixels, image_index = self._take_rows(count)
         bias = None
         if self.prompt.bias is not None:
             boxes, self._queued_boxes = self._queued_boxes[:count], self._queued_boxes[count:]
             bias = self.prompt.bias.build(boxes, self.model.image_size, self.model.patch_size)
-        embeddings = self.model.encode_image(pixels[:count], bias, self.bias_layers).float().cpu()
-        self._done.append(embeddings)
+        embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index)
+        self._done.append(embeddings.float().cpu())
         self._done_rows += count
         self._queued_rows -= count
         self.forwards += count
+        self.distinct_images += pixels.shape[0]
 
     def _ready(self) -> list[tuple[Hashable, torch.Tensor]]:
         ready = []
@@ -177,10 +203,13 @@ class _PreparedItems(Dataset):
         if width and height and (image.width, image.height) != (width, height):
             return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}"
         try:
-            return index, {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt,
-                                                        self.resize) for prompt in self.prompts}
+            prepared = {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt, self.resize)
+                        for prompt in self.prompts}
         except ValueError as error:  # BoxError is a ValueError
             return index, f"image {where}: {error}"
+        if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
+            prepared = {name: replace(inputs, pixels=inputs.pixels.numpy()) for name, inputs in prepared.items()}
+        return index, prepared
 
 
 def _identity(item):
@@ -204,8 +233,12 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
         raise ValueError(f"prompt names must be unique, got {names}")
     encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
     waiting: dict[int, dict[str, torch.Tensor]] = {}
-    loader = DataLoader(_PreparedItems(items, boxes, prompts, model.preprocessor, resize), batch_size=None,
-                        shuffle=False, num_workers=num_workers, collate_fn=_identity)
+    prepared_items = _PreparedItems(items, boxes, prompts, model.preprocessor, resize)
+    if num_workers:
+        loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,
+                            collate_fn=_identity)
+    else:  # in this process: a plain loop costs less per image than a DataLoader's machinery
+        loader = (prepared_items[index] for index in range(len(prepared_items)))
 
     def collect(name: str, ready: list[tuple[Hashable, torch.Tensor]]):
         for index, embedding in ready:
@@ -218,6 +251,8 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
             yield index, prepared
             continue
         for name, inputs in prepared.items():
+            if not isinstance(inputs.pixels, torch.Tensor):  # from a dataloader worker
+                inputs.pixels = torch.from_numpy(inputs.pixels)
             yield from collect(name, encoders[name].add(index, inputs))
     for name, encoder in encoders.items():
         yield from collect(name, encoder.flush())

@@ -1,6 +1,7 @@
 """FoveatedCLIP against an independent, hand-written ViT forward over the same weights."""
 import math
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -94,6 +95,36 @@ def test_unbiased_forward_is_plain_clip_exactly(model):
         assert (model.encode_image(pixels).double() - reference_image_embedding(model, pixels)).abs().max() < 1e-5
 
 
+@pytest.mark.parametrize("layers", [None, [-2, -1], [0], []])
+def test_image_index_shares_the_unbiased_layers(model, layers, monkeypatch):
+    """Regions that read the same image: the pixels pass once, and the result equals expanding them."""
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 3, 32, 32, generator=g)
+    index = [0, 0, 1, 0, 1]
+    bias = foveal_attention_bias(random_boxes(5, 32, g), 32, 8, alpha=3.0)
+    seen = []
+    monkeypatch.setattr(model.clip.vision_model.encoder.layers[0], "forward", (
+        lambda original: lambda hidden, *a, **k: (seen.append(hidden.shape[0]), original(hidden, *a, **k))[1]
+    )(model.clip.vision_model.encoder.layers[0].forward))
+    with torch.no_grad():
+        shared = model.encode_image(images, bias, layers, image_index=index)
+        expanded = model.encode_image(images[index], bias, layers)
+        plain = model.encode_image(images, image_index=torch.tensor(index))
+    ref = reference_image_embedding(model, images[index], bias, layers)
+    assert (shared.double() - ref).abs().max() < 1e-5 and torch.allclose(shared, expanded, atol=1e-6)
+    assert torch.allclose(plain, model.encode_image(images)[index], atol=1e-6)
+    # layer 0 runs on 2 images when it is unbiased, on 5 rows when it carries the bias
+    assert seen[0] == (5 if layers is None or 0 in layers else 2)
+
+
+def test_bad_image_index_raises(model):
+    pixels = torch.zeros(2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"0\.\.1"):
+        model.encode_image(pixels, torch.zeros(3, 17, 17), image_index=[0, 2, 1])
+    with pytest.raises(ValueError, match="batch"):
+        model.encode_image(pixels, torch.zeros(2, 17, 17), image_index=[0, 1, 1])
+
+
 def test_bias_lives_for_one_call_only(model):
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     bias = foveal_attention_bias([(0, 0, 16, 16), (8, 8, 32, 24)], 32, 8, alpha=5.0)
@@ -181,3 +212,21 @@ def test_preprocess_modes_and_normalisation(model):
         assert torch.allclose(pixels[0, 0], torch.full((32, 32), red), atol=1e-5)
     with pytest.raises(ValueError, match="resize"):
         model.preprocess(image, "pad")
+
+
+def test_preprocess_matches_a_float64_reference(model):
+    """Squash and crop of a random non-square image equal PIL bicubic + (x / 255 - mean) / std in float64."""
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(rng.integers(0, 256, (37, 53, 3), dtype=np.uint8))
+    size = model.image_size
+    squashed = image.resize((size, size), Image.BICUBIC)
+    short = size * 53 // 37  # shortest edge to `size`, like CLIP's Resize(size) + CenterCrop(size)
+    resized = image.resize((short, size), Image.BICUBIC)
+    left = int(round((short - size) / 2.0))
+    cropped = resized.crop((left, 0, left + size, size))
+    mean, std = np.asarray(model.image_mean)[:, None, None], np.asarray(model.image_std)[:, None, None]
+    for resize, reference in (("squash", squashed), ("crop", cropped)):
+        expected = (np.asarray(reference, dtype=np.float64).transpose(2, 0, 1) / 255.0 - mean) / std
+        got = model.preprocess(image, resize)
+        assert got.dtype == torch.float32 and got.is_contiguous()
+        np.testing.assert_allclose(got[0].numpy(), expected, atol=2e-6)

@@ -109,3 +109,17 @@ def test_subtract_changes_scores_and_is_seeded(model, tmp_path):
     pred = int(torch.argmax(emb @ text - emb @ mean))
     first = json.loads((tmp_path / "a.jsonl").read_text().splitlines()[0])
     assert first["pred"]["F"] == pred
+
+
+def test_dataloader_workers_give_the_same_predictions(model, tmp_path):
+    """Images prepared in a worker process (pixels sent back as numpy) score exactly as in-process."""
+    split = make_split(tmp_path, num_images=5, bad="box")
+    prompts = [ORIGINAL_CLIP, VisualPrompt("F", bias=FovealBias(alpha=3.0, layers=(-1,))), CROP]
+    results = {}
+    for workers in (0, 1):
+        out = tmp_path / f"pred{workers}.jsonl"
+        result = evaluate_rec_split(model, split, prompts, options(num_workers=workers, skip_bad_samples=True),
+                                    TextCache(model), out)
+        results[workers] = (result.correct, result.image_forwards, result.skipped,
+                            sorted(out.read_text().splitlines()))
+    assert results[0] == results[1] and len(results[0][2]) == 1

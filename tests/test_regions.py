@@ -78,9 +78,9 @@ def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
     calls = []
     encode = model.encode_image
 
-    def spy(pixels, bias=None, layers=None):
-        calls.append((pixels.shape[0], None if bias is None else bias.shape[0]))
-        return encode(pixels, bias, layers)
+    def spy(pixels, bias=None, layers=None, image_index=None):
+        calls.append((pixels.shape[0], None if bias is None else bias.shape[0], image_index))
+        return encode(pixels, bias, layers, image_index=image_index)
 
     monkeypatch.setattr(model, "encode_image", spy)
     encoder = RegionEncoder(model, FALIP, batch_size=4)
@@ -89,7 +89,22 @@ def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
     for index, count in enumerate(sizes):
         ready.update(encoder.add(index, prepare_regions(model.preprocessor, scene(index), BOXES[:count], FALIP)))
     ready.update(encoder.flush())
-    assert calls == [(4, 4), (4, 4), (1, 1)] and encoder.forwards == 9
+    # rows of one image share its pixels: images [0, 1, 2(1 of 3)], [2(2 of 3), 3, 4(1 of 2)], [4(1 of 2)]
+    assert calls == [(3, 4, [0, 1, 1, 2]), (3, 4, [0, 0, 1, 2]), (1, 1, None)]
+    assert encoder.forwards == 9 and encoder.distinct_images == 7
     monkeypatch.undo()
     for index, count in enumerate(sizes):
         assert torch.allclose(ready[index], encode_regions(model, scene(index), BOXES[:count], FALIP), atol=1e-5)
+
+
+def test_edited_regions_pass_one_pixel_row_each(model, monkeypatch):
+    """RedCircle+FALIP edits each region: no pixels are shared, so no image_index is passed."""
+    calls = []
+    encode = model.encode_image
+    monkeypatch.setattr(model, "encode_image", lambda p, b=None, l=None, image_index=None: (
+        calls.append((p.shape[0], image_index)), encode(p, b, l, image_index=image_index))[1])
+    encoder = RegionEncoder(model, RED_CIRCLE_FALIP, batch_size=4)
+    encoder.add(0, prepare_regions(model.preprocessor, scene(0), BOXES, RED_CIRCLE_FALIP))
+    encoder.add(1, prepare_regions(model.preprocessor, scene(1), BOXES[:2], RED_CIRCLE_FALIP))
+    encoder.flush()
+    assert calls == [(4, None), (1, None)] and encoder.distinct_images == 5

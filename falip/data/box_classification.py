@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from PIL import Image
 
 from ..geometry import Box
+from .images import read_rgb
 from .rec import DatasetError
 
 
@@ -31,10 +32,7 @@ class ClsSample:
     embedded_image: Any = field(default=None, compare=False, repr=False)  # an in-memory PIL image
 
     def load_image(self) -> Image.Image:
-        if self.embedded_image is not None:
-            return self.embedded_image.convert("RGB")
-        with Image.open(self.image_path) as image:
-            return image.convert("RGB")
+        return read_rgb(self.image_path, self.embedded_image)
 
 
 @dataclass

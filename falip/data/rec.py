@@ -12,6 +12,7 @@ from typing import Any
 from PIL import Image
 
 from ..geometry import Box
+from .images import read_rgb
 
 
 class DatasetError(ValueError):
@@ -44,10 +45,7 @@ class RecImage:
 
     def load_image(self) -> Image.Image:
         """The image as RGB. Raises FileNotFoundError / PIL.UnidentifiedImageError on bad files."""
-        if self.embedded_image is not None:
-            return self.embedded_image.convert("RGB")
-        with Image.open(self.image_path) as image:
-            return image.convert("RGB")
+        return read_rgb(self.image_path, self.embedded_image)
 
     def target_boxes(self, sentence: RecSentence) -> list[Box]:
         try:

@@ -137,7 +137,7 @@ def evaluate_rec_split(
 
     def score(record: RecImage, embeddings: dict[str, torch.Tensor], handle) -> None:
         text_emb = texts.embed([template.format(s.text.lower()) for s in record.sentences])  # (S, D)
-        predictions = {}
+        predictions, lines = {}, []
         for name in names:
             logits = scale * embeddings[name] @ text_emb.T  # (K, S)
             if subtract is not None:
@@ -153,8 +153,9 @@ def evaluate_rec_split(
                 hit = any(iou(record.candidates[pred], target) > options.iou_threshold for target in targets)
                 correct[name] += hit
                 line["pred"][name], line["correct"][name] = pred, int(hit)
-            if handle:
-                handle.write(json.dumps(line, default=str) + "\n")
+            lines.append(json.dumps(line, default=str) + "\n")
+        if handle:
+            handle.write("".join(lines))
 
     with open(predictions_path, "w") if predictions_path else nullcontext() as handle:
         for index, outcome in encode_items(
