@@ -22,7 +22,7 @@ from .provenance import environment, git_state, utc_now, weights_fingerprint
 from .tables import accuracy_table, write_csv
 
 # Run options that change how a run goes, not what it computes: left out of the config hash.
-NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "resume", "output_dir", "save_predictions", "batch_size"}
+NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions", "batch_size"}
 
 
 def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> FoveatedCLIP:

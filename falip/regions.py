@@ -14,6 +14,7 @@ number of boxes; otherwise one forward per box. :attr:`RegionEncoder.forwards` c
 """
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, replace
 from typing import Hashable, Iterator, Sequence
@@ -218,7 +219,7 @@ def _identity(item):
 
 def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
                  prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
-                 num_workers: int = 0, progress: bool = True, desc: str = "",
+                 num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
                  forwards: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
@@ -226,7 +227,9 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
     ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
-    ``forwards`` (if given) receives the number of forward rows per prompt.
+    ``forwards`` (if given) receives the number of forward rows per prompt. With ``num_workers``
+    dataloader workers, ``prefetch_images`` (in all) are prepared ahead: at least the images of one
+    batch, so that the model never waits for the next one while workers have a core to run on.
     """
     names = [prompt.name for prompt in prompts]
     if len(set(names)) != len(names):
@@ -236,7 +239,7 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
     prepared_items = _PreparedItems(items, boxes, prompts, model.preprocessor, resize)
     if num_workers:
         loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,
-                            collate_fn=_identity)
+                            collate_fn=_identity, prefetch_factor=max(2, math.ceil(prefetch_images / num_workers)))
     else:  # in this process: a plain loop costs less per image than a DataLoader's machinery
         loader = (prepared_items[index] for index in range(len(prepared_items)))
 

@@ -77,6 +77,8 @@ def main() -> None:
     parser.add_argument("--workers", nargs="+", type=int, default=[0, 1])
     parser.add_argument("--repeats", type=int, default=9, help="timed repeats for the sandbox model")
     parser.add_argument("--vit-repeats", type=int, default=3, help="timed repeats for ViT-B/16-sized weights")
+    parser.add_argument("--threads", nargs="+", type=int, default=[torch.get_num_threads()],
+                        help="torch intra-op threads for the forward (each setting is measured with every --workers)")
     parser.add_argument("--out", default="results/benchmarks/rec_throughput.csv")
     args = parser.parse_args()
 
@@ -95,7 +97,8 @@ def main() -> None:
         split = limit_split(full, 3 * scenes)
         prompt = VisualPrompt("FALIP", bias=FovealBias(layers=layers))
         per_image = 3.0  # regions per image of these scenes: the shared raw forward's image_index
-        for workers in args.workers:
+        for threads, workers in [(t, w) for t in args.threads for w in args.workers]:
+            torch.set_num_threads(threads)
             rates = {"pipeline": [], "raw": [], "shared": []}
             _, rows = pipeline_rate(model, split, prompt, args.batch_size, workers, work / "pred.jsonl")  # warm-up
             measure = {
@@ -112,13 +115,13 @@ def main() -> None:
             paired = sorted(p / r for p, r in zip(rates["pipeline"], rates["raw"]))
             overhead = sorted(p / r for p, r in zip(rates["pipeline"], rates["shared"]))
             ratio, same_work = statistics.median(paired), statistics.median(overhead)
-            print(f"{label:32s} workers={workers}: pipeline {medians['pipeline']:8.1f} regions/s, raw forward "
+            print(f"{label:32s} threads={threads} workers={workers}: pipeline {medians['pipeline']:8.1f} regions/s, raw forward "
                   f"{medians['raw']:8.1f} regions/s, ratio {ratio:.3f} (paired {paired[0]:.3f}-{paired[-1]:.3f}; "
                   f"goal >= {GOAL}); vs raw forward with the pipeline's image sharing "
                   f"{medians['shared']:8.1f} regions/s, ratio {same_work:.3f}")
             rows_out.append({"model": label, "prompt": "FALIP (cls bias)", "bias_layers": "all" if layers is None else
                              " ".join(map(str, layers)), "dataset": f"{scenes} scenes x 3 objects, 96x80",
-                             "regions": rows, "batch_size": args.batch_size, "dataloader_workers": workers,
+                             "regions": rows, "batch_size": args.batch_size, "torch_threads": threads, "dataloader_workers": workers,
                              "pipeline_regions_per_s": f"{medians['pipeline']:.1f}",
                              "raw_forward_regions_per_s": f"{medians['raw']:.1f}",
                              "ratio_pipeline_over_raw": f"{ratio:.3f}", "paired_ratio_min": f"{paired[0]:.3f}",

@@ -23,7 +23,8 @@ from ..text import TextCache
 
 def evaluate_classification_split(model: FoveatedCLIP, split: ClsSplit, prompts: list[VisualPrompt],
                                   templates: list[str], texts: TextCache, *, resize: str = "squash",
-                                  batch_size: int = 64, num_workers: int = 0, skip_bad_samples: bool = False,
+                                  batch_size: int = 64, num_workers: int = 0, prefetch_images: int = 64,
+                                  skip_bad_samples: bool = False,
                                   progress: bool = True, predictions_path: Path | None = None) -> dict:
     """Top-1 accuracy per prompt over ``split``, with counts, skips and timings."""
     started = time.perf_counter()
@@ -34,6 +35,7 @@ def evaluate_classification_split(model: FoveatedCLIP, split: ClsSplit, prompts:
     with open(predictions_path, "w") if predictions_path else nullcontext() as handle:
         for index, outcome in encode_items(model, split.samples, [[sample.box] for sample in split.samples], prompts,
                                            resize=resize, batch_size=batch_size, num_workers=num_workers,
+                                           prefetch_images=prefetch_images,
                                            progress=progress, desc=f"{split.dataset} {split.split}",
                                            forwards=forwards):
             sample = split.samples[index]
@@ -74,6 +76,7 @@ def run_classification_experiment(config: dict, model: FoveatedCLIP, prompts: li
         details = evaluate_classification_split(
             model, split, prompts, list(task["templates"]), texts, resize=task.get("resize", "squash"),
             batch_size=int(run.get("batch_size", 64)), num_workers=int(run.get("num_workers", 0)),
-            skip_bad_samples=bool(run.get("skip_bad_samples")), progress=bool(run.get("progress", True)),
+            prefetch_images=int(run.get("prefetch_images", 64)), skip_bad_samples=bool(run.get("skip_bad_samples")),
+            progress=bool(run.get("progress", True)),
             predictions_path=predictions)
         record.add_column(split_name, details["accuracy"], details)

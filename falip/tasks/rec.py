@@ -48,6 +48,7 @@ class RecOptions:
     resize: str = "squash"
     batch_size: int = 64
     num_workers: int = 0
+    prefetch_images: int = 64
     skip_bad_samples: bool = False
     subtract: SubtractOptions = field(default_factory=SubtractOptions)
     progress: bool = True
@@ -161,6 +162,7 @@ def evaluate_rec_split(
         for index, outcome in encode_items(
                 model, split.images, [image.candidates for image in split.images], prompts,
                 resize=options.resize, batch_size=options.batch_size, num_workers=options.num_workers,
+                prefetch_images=options.prefetch_images,
                 progress=options.progress, desc=f"{split.dataset} {split.split}", forwards=forwards):
             record = split.images[index]
             if isinstance(outcome, str):
@@ -183,6 +185,7 @@ def rec_options(task_cfg: dict, run_cfg: dict) -> RecOptions:
                       iou_threshold=float(task_cfg.get("iou_threshold", 0.5)),
                       resize=task_cfg.get("resize", "squash"), batch_size=int(run_cfg.get("batch_size", 64)),
                       num_workers=int(run_cfg.get("num_workers", 0)),
+                      prefetch_images=int(run_cfg.get("prefetch_images", 64)),
                       skip_bad_samples=bool(run_cfg.get("skip_bad_samples", False)), subtract=subtract,
                       progress=bool(run_cfg.get("progress", True)))
 
