@@ -173,4 +173,4 @@ def foveal_attention_bias(
     weights = foveal_token_weights(
         boxes, image_size, patch_size, alpha=alpha, sigma=sigma, eps=eps, cell_rule=cell_rule
     )
-    return bias_from_token_weights(weights, formulation).to(dtype)
+    return bias_from_token_weights(weights.to(dtype), formulation)  # placed in dtype: same values, less memory

@@ -128,7 +128,11 @@ def evaluate_rec_split(
                            f"run.skip_bad_samples=true to count their sentences as wrong.")
 
     template = options.text_template
-    texts.embed([template.format(s.text.lower()) for image in split.images for s in image.sentences])
+    sentence_embeddings = texts.embed([template.format(s.text.lower()) for image in split.images for s in image.sentences])
+    first_sentence, row = [], 0  # per image: the row of its first sentence in sentence_embeddings
+    for image in split.images:
+        first_sentence.append(row)
+        row += len(image.sentences)
     subtract, notes = _subtract_direction(split, options, texts)
     scale = model.logit_scale
     names = [prompt.name for prompt in prompts]
@@ -136,14 +140,17 @@ def evaluate_rec_split(
     skipped: list[dict] = []
     forwards: dict[str, int] = {}
 
-    def score(record: RecImage, embeddings: dict[str, torch.Tensor], handle) -> None:
-        text_emb = texts.embed([template.format(s.text.lower()) for s in record.sentences])  # (S, D)
-        predictions, lines = {}, []
-        for name in names:
-            logits = scale * embeddings[name] @ text_emb.T  # (K, S)
-            if subtract is not None:
-                logits = logits - (scale * embeddings[name] @ subtract)[:, None]
-            predictions[name] = logits.argmax(0).tolist()  # first maximum on ties, as np.argmax in the released code
+    def score(position: int, embeddings: dict[str, torch.Tensor], handle) -> None:
+        record = split.images[position]
+        start = first_sentence[position]
+        text_emb = sentence_embeddings[start:start + len(record.sentences)]  # (S, D)
+        regions = torch.stack([embeddings[name] for name in names])  # (P, K, D)
+        logits = scale * regions @ text_emb.T  # (P, K, S)
+        if subtract is not None:
+            logits = logits - (scale * regions @ subtract)[:, :, None]
+        # first maximum on ties, as np.argmax in the released code
+        predictions = dict(zip(names, logits.argmax(1).tolist()))
+        lines = []
         for index, sentence in enumerate(record.sentences):
             targets = record.target_boxes(sentence)
             line = {"image_id": record.image_id, "sent_id": sentence.sent_id, "text": sentence.text,
@@ -164,14 +171,14 @@ def evaluate_rec_split(
                 resize=options.resize, batch_size=options.batch_size, num_workers=options.num_workers,
                 prefetch_images=options.prefetch_images,
                 progress=options.progress, desc=f"{split.dataset} {split.split}", forwards=forwards):
-            record = split.images[index]
             if isinstance(outcome, str):
+                record = split.images[index]
                 if not options.skip_bad_samples:
                     raise DatasetError(outcome + " (set run.skip_bad_samples=true to record a skip and count "
                                                  "its sentences as wrong)")
                 skipped.append({"image_id": record.image_id, "reason": outcome, "sentences": len(record.sentences)})
                 continue
-            score(record, outcome, handle)
+            score(index, outcome, handle)
     return RecSplitResult(
         split=split.split, num_images=len(split.images), num_sentences=split.num_sentences,
         num_candidates=split.num_candidates, correct=correct, image_forwards=forwards, skipped=skipped,
