@@ -220,14 +220,17 @@ def _identity(item):
 def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
                  prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
                  num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
-                 forwards: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
+                 forwards: dict[str, int] | None = None,
+                 pixel_rows: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
     ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
     ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
-    ``forwards`` (if given) receives the number of forward rows per prompt. With ``num_workers``
+    ``forwards`` (if given) receives the number of forward rows (region embeddings) per prompt,
+    ``pixel_rows`` the number of image rows that went through the layers before the first biased
+    one (fewer than ``forwards`` when regions share their image's pixels). With ``num_workers``
     dataloader workers, ``prefetch_images`` (in all) are prepared ahead: at least the images of one
     batch, so that the model never waits for the next one while workers have a core to run on.
     """
@@ -261,4 +264,6 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
         yield from collect(name, encoder.flush())
     if forwards is not None:
         forwards.update({name: encoder.forwards for name, encoder in encoders.items()})
+    if pixel_rows is not None:
+        pixel_rows.update({name: encoder.distinct_images for name, encoder in encoders.items()})
     assert not waiting, "every prepared item must have been encoded under every prompt"

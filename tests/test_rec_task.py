@@ -47,6 +47,9 @@ def test_scores_match_manual_argmax_and_counts(model, tmp_path):
     result = evaluate_rec_split(model, split, prompts, options(), TextCache(model), tmp_path / "pred.jsonl")
     assert result.num_sentences == 10 and result.num_candidates == 10
     assert result.image_forwards == {"Original CLIP": 4, "F": 10, "Crop": 10}
+    # FALIP regions share their image's pixels before the first biased layer; batches of 3 rows over
+    # images of 2, 3, 2, 3 regions read 2, 2, 2, 1 images. Crop's pixels differ per region.
+    assert result.unbiased_layer_rows == {"Original CLIP": 4, "F": 7, "Crop": 10}
     lines = [json.loads(line) for line in (tmp_path / "pred.jsonl").read_text().splitlines()]
     assert len(lines) == 10
     expected = {p.name: 0 for p in prompts}

@@ -31,13 +31,13 @@ def evaluate_classification_split(model: FoveatedCLIP, split: ClsSplit, prompts:
     classifier = texts.classifier(split.classes, templates)
     names = [prompt.name for prompt in prompts]
     correct = {name: 0 for name in names}
-    skipped, forwards = [], {}
+    skipped, forwards, pixel_rows = [], {}, {}
     with open(predictions_path, "w") if predictions_path else nullcontext() as handle:
         for index, outcome in encode_items(model, split.samples, [[sample.box] for sample in split.samples], prompts,
                                            resize=resize, batch_size=batch_size, num_workers=num_workers,
                                            prefetch_images=prefetch_images,
                                            progress=progress, desc=f"{split.dataset} {split.split}",
-                                           forwards=forwards):
+                                           forwards=forwards, pixel_rows=pixel_rows):
             sample = split.samples[index]
             if isinstance(outcome, str):
                 if not skip_bad_samples:
@@ -54,7 +54,7 @@ def evaluate_classification_split(model: FoveatedCLIP, split: ClsSplit, prompts:
     total = len(split.samples)
     return {"split": split.split, "num_samples": total, "num_classes": len(split.classes),
             "accuracy": {name: 100.0 * hits / total for name, hits in correct.items()}, "correct": correct,
-            "image_forwards": forwards, "skipped": skipped, "templates": templates,
+            "image_forwards": forwards, "unbiased_layer_rows": pixel_rows, "skipped": skipped, "templates": templates,
             "wall_time_s": round(time.perf_counter() - started, 3), "source": split.source, "notes": split.notes}
 
 

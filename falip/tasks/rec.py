@@ -64,6 +64,7 @@ class RecSplitResult:
     num_candidates: int
     correct: dict[str, int]
     image_forwards: dict[str, int]
+    unbiased_layer_rows: dict[str, int]
     skipped: list[dict]
     wall_time_s: float
     notes: list[str]
@@ -75,7 +76,8 @@ class RecSplitResult:
     def summary(self) -> dict:
         return {"split": self.split, "num_images": self.num_images, "num_sentences": self.num_sentences,
                 "num_candidates": self.num_candidates, "accuracy": self.accuracy, "correct": self.correct,
-                "image_forwards": self.image_forwards, "skipped": self.skipped,
+                "image_forwards": self.image_forwards, "unbiased_layer_rows": self.unbiased_layer_rows,
+                "skipped": self.skipped,
                 "num_skipped_sentences": sum(s["sentences"] for s in self.skipped),
                 "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes}
 
@@ -139,6 +141,7 @@ def evaluate_rec_split(
     correct = {name: 0 for name in names}
     skipped: list[dict] = []
     forwards: dict[str, int] = {}
+    pixel_rows: dict[str, int] = {}
 
     def score(position: int, embeddings: dict[str, torch.Tensor], handle) -> None:
         record = split.images[position]
@@ -170,7 +173,8 @@ def evaluate_rec_split(
                 model, split.images, [image.candidates for image in split.images], prompts,
                 resize=options.resize, batch_size=options.batch_size, num_workers=options.num_workers,
                 prefetch_images=options.prefetch_images,
-                progress=options.progress, desc=f"{split.dataset} {split.split}", forwards=forwards):
+                progress=options.progress, desc=f"{split.dataset} {split.split}", forwards=forwards,
+                pixel_rows=pixel_rows):
             if isinstance(outcome, str):
                 record = split.images[index]
                 if not options.skip_bad_samples:
@@ -181,7 +185,8 @@ def evaluate_rec_split(
             score(index, outcome, handle)
     return RecSplitResult(
         split=split.split, num_images=len(split.images), num_sentences=split.num_sentences,
-        num_candidates=split.num_candidates, correct=correct, image_forwards=forwards, skipped=skipped,
+        num_candidates=split.num_candidates, correct=correct, image_forwards=forwards,
+        unbiased_layer_rows=pixel_rows, skipped=skipped,
         wall_time_s=time.perf_counter() - started, notes=list(split.notes) + notes)
 
 
