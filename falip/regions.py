@@ -81,7 +81,7 @@ class RegionEncoder:
     once per batch from the queued boxes. Regions that share their image's pixels (a bias without
     a region-dependent edit) pass those pixels once per batch with an ``image_index``, so the
     layers before the first biased one run once per image (:meth:`FoveatedCLIP.encode_image`).
-    :attr:`forwards` counts the rows run (one per region embedding); :attr:`distinct_images`
+    :attr:`forwards` counts the rows run (one per region embedding); :attr:`pixel_rows`
     counts the pixel rows the unbiased layers ran on.
     """
 
@@ -90,7 +90,7 @@ class RegionEncoder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size = model, prompt, batch_size
         self.forwards = 0
-        self.distinct_images = 0
+        self.pixel_rows = 0
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
         self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded], in order
         self._queued_boxes: list[Box] = []
@@ -128,9 +128,9 @@ class RegionEncoder:
         """Pixels and ``image_index`` of the next ``count`` queued rows (index None: one pixel row per row)."""
         parts, index, offset, left = [], [], 0, count
         while left:
-            entry = self._queued[0]
-            pixels, rows = entry
-            take = min(left, rows)
+            entry = self._queued[0]  # [pixels, rows not yet forwarded]
+            pixels = entry[0]
+            take = min(left, entry[1])
             if pixels.shape[0] == 1:  # every row of this image reads the same pixels: pass them once
                 parts.append(pixels)
                 index.extend([offset] * take)
@@ -159,7 +159,7 @@ class RegionEncoder:
         self._done_rows += count
         self._queued_rows -= count
         self.forwards += count
-        self.distinct_images += pixels.shape[0]
+        self.pixel_rows += pixels.shape[0]
 
     def _ready(self) -> list[tuple[Hashable, torch.Tensor]]:
         ready = []
@@ -265,5 +265,5 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
     if forwards is not None:
         forwards.update({name: encoder.forwards for name, encoder in encoders.items()})
     if pixel_rows is not None:
-        pixel_rows.update({name: encoder.distinct_images for name, encoder in encoders.items()})
+        pixel_rows.update({name: encoder.pixel_rows for name, encoder in encoders.items()})
     assert not waiting, "every prepared item must have been encoded under every prompt"

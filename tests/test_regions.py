@@ -91,7 +91,7 @@ def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
     ready.update(encoder.flush())
     # rows of one image share its pixels: images [0, 1, 2(1 of 3)], [2(2 of 3), 3, 4(1 of 2)], [4(1 of 2)]
     assert calls == [(3, 4, [0, 1, 1, 2]), (3, 4, [0, 0, 1, 2]), (1, 1, None)]
-    assert encoder.forwards == 9 and encoder.distinct_images == 7
+    assert encoder.forwards == 9 and encoder.pixel_rows == 7
     monkeypatch.undo()
     for index, count in enumerate(sizes):
         assert torch.allclose(ready[index], encode_regions(model, scene(index), BOXES[:count], FALIP), atol=1e-5)
@@ -107,4 +107,4 @@ def test_edited_regions_pass_one_pixel_row_each(model, monkeypatch):
     encoder.add(0, prepare_regions(model.preprocessor, scene(0), BOXES, RED_CIRCLE_FALIP))
     encoder.add(1, prepare_regions(model.preprocessor, scene(1), BOXES[:2], RED_CIRCLE_FALIP))
     encoder.flush()
-    assert calls == [(4, None), (1, None)] and encoder.distinct_images == 5
+    assert calls == [(4, None), (1, None)] and encoder.pixel_rows == 5
