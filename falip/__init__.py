@@ -1,11 +1,14 @@
 """FALIP: Foveal-Attention CLIP (ECCV 2024) -- reference implementation and benchmark suite."""
-from .bias import bias_from_token_weights, foveal_attention_bias, foveal_token_weights, roa_cells
-from .clip import CheckpointNotFoundError, FoveatedCLIP
-
-__version__ = "0.1.0"
+from .encoding.regions import encode_regions
+from .encoding.text import TextCache
+from .model.bias import bias_from_token_weights, foveal_attention_bias, foveal_token_weights, roa_cells
+from .model.clip import CheckpointNotFoundError, FoveatedCLIP
+from .version import __version__
 
 __all__ = [
     "FoveatedCLIP",
+    "encode_regions",
+    "TextCache",
     "CheckpointNotFoundError",
     "foveal_attention_bias",
     "foveal_token_weights",

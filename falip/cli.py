@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-SANDBOX_MODEL_DIR = Path(__file__).resolve().parent / "sandbox" / "model"
+from .experiments.runner import run_experiment
+from .io import cache_root
+from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
 
 def _register_resolvers() -> None:
@@ -16,15 +17,11 @@ def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
     if not OmegaConf.has_resolver("falip_cache"):
-        from .sandbox.cache import cache_root
-
         OmegaConf.register_new_resolver("falip_cache", lambda: str(cache_root()))
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    from .runner import run_experiment
-
     config = OmegaConf.to_container(cfg, resolve=True)
     record = run_experiment(config)
     if record is not None:

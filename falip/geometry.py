@@ -9,6 +9,7 @@ convert with :func:`xywh_to_xyxy` at load time.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -39,15 +40,18 @@ def iou(a: Sequence[float], b: Sequence[float]) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def clip_box_to_image(box: Sequence[float], width: float, height: float) -> Box:
-    """Clip a box to the image; raise :class:`BoxError` if it is empty or wholly outside it."""
+def clip_box_to_image(box: Sequence[float], width: float, height: float, frame: str = "image") -> Box:
+    """Clip an xyxy box to a ``width x height`` frame; raise :class:`BoxError` if it is malformed, empty
+    or wholly outside it. ``frame`` names the frame in the message ("image", "model-input frame")."""
+    if len(box) != 4:
+        raise BoxError(f"box {list(box)} must have 4 numbers (x0, y0, x1, y1), got {len(box)}")
     x0, y0, x1, y1 = (float(v) for v in box)
-    if not all(v == v and abs(v) != float("inf") for v in (x0, y0, x1, y1)):
+    if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
         raise BoxError(f"box {list(box)} has a non-finite coordinate")
     if x1 <= x0 or y1 <= y0:
         raise BoxError(f"empty region: box {list(box)} (xyxy) has no area")
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
-        raise BoxError(f"box {list(box)} (xyxy) lies outside the {width}x{height} image")
+        raise BoxError(f"box {list(box)} (xyxy) lies outside the {width}x{height} {frame}")
     return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
 
 

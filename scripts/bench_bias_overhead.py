@@ -13,8 +13,8 @@ import argparse
 import torch
 
 from falip import foveal_attention_bias
-from falip.benchmarking import environment_columns, interleaved_medians, write_rows
-from falip.random_models import random_clip
+from falip.experiments.benchmarking import environment_columns, interleaved_medians, write_rows
+from falip.model.random_clip import random_clip
 
 GOAL = 1.03
 

@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Throughput of the whole REC pipeline vs a raw batched forward of the same model, in one run.
 
-Pipeline = `evaluate_rec_split` with the FALIP prompt over a REC dataset on disk (refer layout of
+Pipeline = the experiments' loop (`evaluate_split` with the REC task) and the FALIP prompt over a REC dataset on disk (refer layout of
 sandbox scenes): image decoding, squash resize, bias construction, batched biased forwards, text
 encoding, scoring and the predictions file. Raw = `encode_image` on ready-made pixel and bias
 tensors, same batch size, same number of rows. After a warm-up, both are timed `--repeats` times,
@@ -22,14 +22,15 @@ from pathlib import Path
 import torch
 
 from falip import FoveatedCLIP
-from falip.benchmarking import environment_columns, write_rows
-from falip.cli import SANDBOX_MODEL_DIR
-from falip.data.loading import load_rec_split
+from falip.data.rec.loading import load_rec_split
+from falip.encoding.text import TextCache
+from falip.experiments.benchmarking import environment_columns, write_rows
+from falip.experiments.generated import build_generated_dataset
+from falip.experiments.runner import LoopOptions, evaluate_split
+from falip.model.random_clip import random_clip
 from falip.prompts import FovealBias, VisualPrompt
-from falip.random_models import random_clip
-from falip.sandbox.datasets import build_dataset
-from falip.tasks.rec import RecOptions, evaluate_rec_split, limit_split
-from falip.text import TextCache
+from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
+from falip.tasks.rec import RecTask, limit_split
 
 GOAL = 0.9
 
@@ -59,10 +60,10 @@ def raw_rate(model: FoveatedCLIP, rows: int, batch_size: int, layers, regions_pe
 
 
 def pipeline_rate(model, split, prompt, batch_size: int, workers: int, out: Path) -> tuple[float, int]:
-    options = RecOptions(batch_size=batch_size, num_workers=workers, progress=False)
+    options = LoopOptions(batch_size=batch_size, num_workers=workers, progress=False)
     started = time.perf_counter()
     with torch.inference_mode():
-        result = evaluate_rec_split(model, split, [prompt], options, TextCache(model), out)
+        result = evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options, out)
     rows = result.image_forwards[prompt.name]
     return rows / (time.perf_counter() - started), rows
 
@@ -83,8 +84,8 @@ def main() -> None:
     args = parser.parse_args()
 
     work = Path(tempfile.mkdtemp(prefix="falip-bench-"))
-    root = build_dataset({"kind": "shapes_rec", "seed": 99, "scenes_per_split": max(args.scenes, args.vit_scenes),
-                          "width": 96, "height": 80, "splits": {"objects3": 3}}, work / "data")
+    root = build_generated_dataset({"_target_": "falip.sandbox.datasets.write_shapes_rec", "seed": 99, "scenes_per_split": max(args.scenes, args.vit_scenes),
+                                    "width": 96, "height": 80, "splits": {"objects3": 3}}, work / "data")
     full = load_rec_split("shapes", "objects3", root=root, layout="refer", split_by="synthetic")
     rows_out = []
     for name in args.models:

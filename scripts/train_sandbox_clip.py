@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from falip.clip import FoveatedCLIP
+from falip.model.clip import FoveatedCLIP
 from falip.prompts import CROP, ORIGINAL_CLIP, FovealBias, VisualPrompt
 from falip.sandbox.evaluation import (classification_accuracy, rec_accuracy, scene_classification_split,
                                       scene_rec_split)

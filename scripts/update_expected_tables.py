@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Regenerate the committed sandbox tables that tests/test_sandbox_regression.py compares against.
 
-Runs each reduced case of tests/expected/cases.json in a temporary cache and output folder and
-copies its CSV to tests/expected/<case>.csv. Run it only after an intended change, and say why in
+Runs each reduced case of tests/experiments/expected/cases.json in a temporary cache and output folder and
+copies its CSV to tests/experiments/expected/<case>.csv. Run it only after an intended change, and say why in
 the commit: the regression test exists to catch unintended ones.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-EXPECTED = Path(__file__).resolve().parent.parent / "tests" / "expected"
+EXPECTED = Path(__file__).resolve().parent.parent / "tests" / "experiments" / "expected"
 
 
 def main() -> None:
@@ -21,7 +21,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="falip-expected-"))
     os.environ["FALIP_CACHE"] = str(work / "cache")
     from falip.cli import compose
-    from falip.runner import run_experiment
+    from falip.experiments.runner import run_experiment
 
     for name, overrides in cases.items():
         config = compose([*overrides, f"run.output_dir={work}", "run.progress=false"])

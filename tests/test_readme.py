@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 
-from falip.cli import SANDBOX_MODEL_DIR
+from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 from falip.sandbox.scenes import generate_scene
 
 README = Path(__file__).parent.parent / "README.md"

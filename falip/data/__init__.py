@@ -1,0 +1,1 @@
+"""The data layer: one loader module per dataset family (rec/, classification/), all reading real layouts."""

@@ -6,27 +6,20 @@
 * ``shapes_cls``: the box-classification format (``classes.txt`` + ``<split>.jsonl`` + PNGs), one
   random object of each scene as the region to classify among the 20 colour-shape classes.
 
-A dataset is keyed by its generator parameters; it is built in a temporary folder and renamed into
-place, so an interrupted build never leaves a half-written dataset behind.
+The dataset configs name these writers as their generator (``dataset.generator._target_``); the
+experiment runner writes them once into a cache folder keyed by their arguments
+(:mod:`falip.experiments.generated`).
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
-from ..data.box_classification import write_box_classification
-from ..data.writers import write_refer_dataset
-from .cache import cache_root
+from ..data.classification.boxes import write_box_classification
+from ..data.rec.writers import write_refer_dataset
 from .scenes import CLASS_NAMES, generate_scene
 
-FORMAT_VERSION = 1
-MARKER = ".falip-generated.json"
 REC_DATASET_DIR, REC_SPLIT_BY = "shapes", "synthetic"
 
 
@@ -58,6 +51,7 @@ def write_shapes_rec(root: Path, seed: int, scenes_per_split: int, width: int, h
 
 def write_shapes_cls(root: Path, seed: int, scenes_per_split: int, width: int, height: int,
                      splits: dict[str, int]) -> None:
+    """Scenes as a box-classification dataset: one random object of each scene is the region to classify."""
     samples = {}
     for split_index, (split, num_objects) in enumerate(splits.items()):
         rng = np.random.default_rng([seed, split_index, num_objects, 1])
@@ -67,40 +61,3 @@ def write_shapes_cls(root: Path, seed: int, scenes_per_split: int, width: int, h
             rows.append((f"{split}_{index:05d}", scene.image, target.box, target.label))
         samples[split] = rows
     write_box_classification(root, list(CLASS_NAMES), samples)
-
-
-BUILDERS: dict[str, Callable[..., None]] = {"shapes_rec": write_shapes_rec, "shapes_cls": write_shapes_cls}
-
-
-def dataset_key(generator: dict) -> str:
-    payload = json.dumps({"format_version": FORMAT_VERSION, **generator}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:12]
-
-
-def build_dataset(generator: dict, root: str | Path | None = None) -> Path:
-    """Write the generated dataset (once) and return its root; ``root=None`` = the cache folder."""
-    generator = dict(generator)
-    kind = generator.pop("kind", None)
-    if kind not in BUILDERS:
-        raise ValueError(f"dataset.generator.kind must be one of {sorted(BUILDERS)}, got {kind!r}")
-    key = dataset_key({"kind": kind, **generator})
-    target = Path(root) if root else cache_root() / f"{kind}-{key}"
-    marker = target / MARKER
-    if marker.is_file() and json.loads(marker.read_text()).get("key") == key:
-        return target
-    if target.exists() and any(target.iterdir()) and not marker.is_file():
-        raise FileExistsError(f"{target} exists and is not a falip-generated dataset: choose another dataset.root "
-                              f"or leave it null to use the cache")
-    tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        BUILDERS[kind](tmp, **generator)
-        (tmp / MARKER).write_text(json.dumps({"key": key, "kind": kind, "generator": generator,
-                                              "format_version": FORMAT_VERSION}, indent=1))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target

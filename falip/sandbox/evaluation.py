@@ -10,13 +10,14 @@ from typing import Sequence
 
 import numpy as np
 
-from ..clip import FoveatedCLIP
-from ..data.box_classification import ClsSample, ClsSplit
-from ..data.rec import RecImage, RecSentence, RecSplit
-from ..prompts import VisualPrompt
-from ..tasks.classification import evaluate_classification_split
-from ..tasks.rec import RecOptions, evaluate_rec_split
-from ..text import TextCache
+from ..data.classification.types import ClassificationSample, ClassificationSplit
+from ..data.rec.types import RecImage, RecSentence, RecSplit
+from ..encoding.text import TextCache
+from ..experiments.runner import LoopOptions, evaluate_split
+from ..model.clip import FoveatedCLIP
+from ..prompts.prompt import VisualPrompt
+from ..tasks.classification import ClassificationTask
+from ..tasks.rec import RecTask
 from .scenes import CLASS_NAMES, generate_scene
 
 
@@ -35,25 +36,25 @@ def scene_rec_split(num_scenes: int, num_objects: int, seed: int, width: int = 9
 
 
 def scene_classification_split(num_scenes: int, num_objects: int, seed: int, width: int = 96,
-                               height: int = 80) -> ClsSplit:
+                               height: int = 80) -> ClassificationSplit:
     """Generated scenes as a region-classification split: one random object of each scene is the target."""
     rng = np.random.default_rng(seed)
     samples = []
     for index in range(num_scenes):
         scene = generate_scene(rng, num_objects, width, height)
         target = scene.objects[int(rng.integers(num_objects))]
-        samples.append(ClsSample(str(index), Path(f"<scene {index}>"), target.box, target.label, scene.image))
-    return ClsSplit("shapes_cls", f"objects{num_objects}", list(CLASS_NAMES), samples,
+        samples.append(ClassificationSample(str(index), Path(f"<scene {index}>"), target.box, target.label, scene.image))
+    return ClassificationSplit("shapes_cls", f"objects{num_objects}", list(CLASS_NAMES), samples,
                     source=f"generated in memory, seed {seed}")
 
 
 def rec_accuracy(model: FoveatedCLIP, prompts: Sequence[VisualPrompt], split: RecSplit) -> dict[str, float]:
-    result = evaluate_rec_split(model, split, list(prompts), RecOptions(progress=False), TextCache(model))
-    return result.accuracy
+    """REC accuracy (%) per prompt, through the experiments' loop (no files written)."""
+    return evaluate_split(model, RecTask(), split, list(prompts), TextCache(model), LoopOptions(progress=False)).accuracy
 
 
-def classification_accuracy(model: FoveatedCLIP, prompts: Sequence[VisualPrompt], split: ClsSplit,
+def classification_accuracy(model: FoveatedCLIP, prompts: Sequence[VisualPrompt], split: ClassificationSplit,
                             templates: Sequence[str] = ("a photo of a {}.",)) -> dict[str, float]:
-    details = evaluate_classification_split(model, split, list(prompts), list(templates), TextCache(model),
-                                            progress=False)
-    return details["accuracy"]
+    """Top-1 accuracy (%) per prompt, through the experiments' loop (no files written)."""
+    task = ClassificationTask(templates=list(templates))
+    return evaluate_split(model, task, split, list(prompts), TextCache(model), LoopOptions(progress=False)).accuracy

@@ -21,9 +21,9 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from ..preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from ..model.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
-from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
+from ..model.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
 
 # Caption forms: the REC text ("a photo of " + expression), the classification templates, and plain forms.
 TRAIN_TEMPLATES: tuple[str, ...] = (

@@ -1,0 +1,8 @@
+"""Tasks: what to encode from a split and how to score it. ``task.name`` picks one from :data:`TASKS`."""
+from .base import Line, Task
+from .classification import ClassificationTask
+from .rec import RecTask
+
+TASKS: dict[str, type[Task]] = {task.name: task for task in (RecTask, ClassificationTask)}
+
+__all__ = ["Task", "Line", "RecTask", "ClassificationTask", "TASKS"]

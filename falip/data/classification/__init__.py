@@ -1,0 +1,1 @@
+"""Region classification datasets: samples of (image, ROA, label)."""

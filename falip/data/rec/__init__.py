@@ -1,0 +1,1 @@
+"""RefCOCO / RefCOCO+ / RefCOCOg: refer toolkit, ReCLIP jsonl and HF layouts, detections, writers."""

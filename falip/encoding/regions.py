@@ -1,0 +1,269 @@
+"""Encode regions of images under a visual prompt, batching forwards across images.
+
+Two steps, so that the CPU-heavy one can run in dataloader workers:
+
+1. :func:`prepare_regions` (model-free): edits + preprocessing + box geometry for one image's boxes.
+2. :class:`RegionEncoder` (holds the model): queues prepared images of one prompt, runs forwards
+   in full batches of ``batch_size`` rows across images (building the bias once per batch), and
+   hands back each image's ``(K, D)`` embeddings.
+
+:func:`encode_items` runs both over a whole dataset (image loading in optional dataloader workers).
+
+A prompt that does not depend on the region (plain CLIP) costs one forward per image, whatever the
+number of boxes; otherwise one forward per box. :attr:`RegionEncoder.image_forwards` counts the rows.
+"""
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, replace
+from typing import Hashable, Iterator, Sequence
+
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm.auto import tqdm
+
+from ..geometry import Box, clip_box_to_image
+from ..model.clip import FoveatedCLIP
+from ..model.preprocessing import ImagePreprocessor
+from ..prompts.prompt import VisualPrompt
+
+
+@dataclass
+class RegionInputs:
+    """Model inputs for the K regions of one image under one prompt.
+
+    ``pixels`` has 1 row when all regions share the image (no region-dependent edit), else K rows;
+    ``input_boxes`` are the K boxes in model-input pixels when the prompt has a bias (the bias itself
+    is built per forward batch by :class:`RegionEncoder`); ``rows`` is how many forward rows the
+    regions cost.
+    """
+
+    pixels: torch.Tensor
+    input_boxes: list[Box] | None
+    num_regions: int
+    rows: int
+
+
+def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, boxes: Sequence[Box],
+                    prompt: VisualPrompt, resize: str = "squash") -> RegionInputs:
+    """Edit and preprocess the regions ``boxes`` (xyxy, original-image pixels) of ``image``, and map
+    them into the model input for the prompt's bias.
+
+    Boxes are clipped to the image; an empty box or one outside the image (or outside the model
+    input after a center crop) raises :class:`falip.geometry.BoxError`.
+    """
+    if not boxes:
+        raise ValueError("no regions to encode")
+    boxes = [clip_box_to_image(box, image.width, image.height) for box in boxes]
+    count = len(boxes)
+    if not prompt.region_dependent:
+        return RegionInputs(preprocessor(image, resize), None, count, rows=1)
+    if prompt.edits_depend_on_region:
+        edited = prompt.apply_edits(image, boxes)
+        pixels = preprocessor([img for img, _ in edited], resize)
+        frames = [(img.size, box) for img, box in edited]
+    else:
+        pixels = preprocessor(image, resize)
+        frames = [(image.size, box) for box in boxes]
+    input_boxes = None
+    if prompt.bias is not None:
+        input_boxes = [preprocessor.geometry(w, h, resize).box_to_input(box) for (w, h), box in frames]
+    return RegionInputs(pixels, input_boxes, count, rows=count)
+
+
+class RegionEncoder:
+    """Runs the forwards of one prompt in full batches across images.
+
+    Rows are queued in arrival order and forwarded ``batch_size`` at a time, so an image's regions
+    may straddle two batches; only :meth:`flush` runs a partial batch. The prompt's bias is built
+    once per batch from the queued boxes. Regions that share their image's pixels (a bias without
+    a region-dependent edit) pass those pixels once per batch with an ``image_index``, so the
+    layers before the first biased one run once per image (:meth:`FoveatedCLIP.encode_image`).
+    :attr:`image_forwards` counts the rows run (one per region embedding); :attr:`unbiased_layer_rows`
+    counts the image rows the layers before the first biased one ran on.
+    """
+
+    def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = 64):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.model, self.prompt, self.batch_size = model, prompt, batch_size
+        self.image_forwards = 0
+        self.unbiased_layer_rows = 0
+        self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
+        self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded], in order
+        self._queued_boxes: list[Box] = []
+        self._queued_rows = 0
+        self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
+        self._done_rows = 0
+
+    @property
+    def bias_layers(self) -> list[int] | None:
+        if self.prompt.bias is None or self.prompt.bias.layers is None:
+            return None
+        return list(self.prompt.bias.layers)
+
+    def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
+        """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
+        if self.prompt.bias is not None and (inputs.input_boxes is None or len(inputs.input_boxes) != inputs.rows):
+            raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input box per row")
+        if inputs.pixels.shape[0] not in (1, inputs.rows):
+            raise ValueError(f"inputs have {inputs.pixels.shape[0]} pixel rows for {inputs.rows} forward rows")
+        self._waiting.append((key, inputs))
+        self._queued.append([inputs.pixels, inputs.rows])
+        self._queued_boxes.extend(inputs.input_boxes or [])
+        self._queued_rows += inputs.rows
+        while self._queued_rows >= self.batch_size:
+            self._forward(self.batch_size)
+        return self._ready()
+
+    def flush(self) -> list[tuple[Hashable, torch.Tensor]]:
+        """Forward every queued row (the last batch may be partial) and hand back everything."""
+        while self._queued_rows:
+            self._forward(min(self.batch_size, self._queued_rows))
+        return self._ready()
+
+    def _take_rows(self, count: int) -> tuple[torch.Tensor, list[int] | None]:
+        """Pixels and ``image_index`` of the next ``count`` queued rows (index None: one pixel row per row)."""
+        parts, index, offset, left = [], [], 0, count
+        while left:
+            entry = self._queued[0]  # [pixels, rows not yet forwarded]
+            pixels = entry[0]
+            take = min(left, entry[1])
+            if pixels.shape[0] == 1:  # every row of this image reads the same pixels: pass them once
+                parts.append(pixels)
+                index.extend([offset] * take)
+                offset += 1
+            else:
+                parts.append(pixels[:take])
+                index.extend(range(offset, offset + take))
+                offset += take
+                entry[0] = pixels[take:]
+            entry[1] -= take
+            left -= take
+            if entry[1] == 0:
+                self._queued.popleft()
+        pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
+        return pixels, (None if offset == count else index)
+
+    @torch.no_grad()
+    def _forward(self, count: int) -> None:
+        pixels, image_index = self._take_rows(count)
+        bias = None
+        if self.prompt.bias is not None:
+            boxes, self._queued_boxes = self._queued_boxes[:count], self._queued_boxes[count:]
+            bias = self.prompt.bias.build(boxes, self.model.image_size, self.model.patch_size)
+        embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index)
+        self._done.append(embeddings.float().cpu())
+        self._done_rows += count
+        self._queued_rows -= count
+        self.image_forwards += count
+        self.unbiased_layer_rows += pixels.shape[0]
+
+    def _ready(self) -> list[tuple[Hashable, torch.Tensor]]:
+        ready = []
+        while self._waiting and self._waiting[0][1].rows <= self._done_rows:
+            key, item = self._waiting.popleft()
+            done = torch.cat(self._done) if len(self._done) > 1 else self._done[0]
+            rows = done[:item.rows]
+            self._done = [done[item.rows:]] if done.shape[0] > item.rows else []
+            self._done_rows -= item.rows
+            ready.append((key, rows if item.rows == item.num_regions else rows.expand(item.num_regions, -1)))
+        return ready
+
+
+def encode_regions(model: FoveatedCLIP, image: Image.Image, boxes: Sequence[Box], prompt: VisualPrompt,
+                   resize: str = "squash", batch_size: int = 64) -> torch.Tensor:
+    """L2-normalised embeddings ``(K, D)`` of the K regions ``boxes`` (xyxy pixels) of ``image`` under ``prompt``."""
+    encoder = RegionEncoder(model, prompt, batch_size)
+    inputs = prepare_regions(model.preprocessor, image.convert("RGB"), boxes, prompt, resize)
+    ready = encoder.add(0, inputs) + encoder.flush()
+    return ready[0][1]
+
+
+class _PreparedItems(Dataset):
+    """Loads each item's image once and prepares every prompt's region inputs (runs in dataloader workers)."""
+
+    def __init__(self, items: Sequence, boxes: Sequence[Sequence[Box]], prompts: Sequence[VisualPrompt],
+                 preprocessor: ImagePreprocessor, resize: str):
+        self.items, self.boxes, self.prompts = items, boxes, prompts
+        self.preprocessor, self.resize = preprocessor, resize
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[int, dict[str, RegionInputs] | str]:
+        item = self.items[index]
+        where = getattr(item, "image_path", f"item {index}")
+        try:
+            image = item.load_image()
+        except (OSError, UnidentifiedImageError, ValueError) as error:
+            return index, f"cannot read image {where}: {type(error).__name__}: {error}"
+        width, height = getattr(item, "width", None), getattr(item, "height", None)
+        if width and height and (image.width, image.height) != (width, height):
+            return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}"
+        try:
+            prepared = {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt, self.resize)
+                        for prompt in self.prompts}
+        except ValueError as error:  # BoxError is a ValueError
+            return index, f"image {where}: {error}"
+        if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
+            prepared = {name: replace(inputs, pixels=inputs.pixels.numpy()) for name, inputs in prepared.items()}
+        return index, prepared
+
+
+def _identity(item):
+    return item
+
+
+def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
+                 prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
+                 num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
+                 image_forwards: dict[str, int] | None = None,
+                 unbiased_layer_rows: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
+    """Region embeddings of many items under many prompts, batched across items.
+
+    ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
+    ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
+    ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
+    used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
+    ``image_forwards`` (if given) receives the number of forward rows (region embeddings) per prompt,
+    ``unbiased_layer_rows`` the number of image rows that went through the layers before the first biased
+    one (fewer than ``image_forwards`` when regions share their image's pixels). With ``num_workers``
+    dataloader workers, ``prefetch_images`` (in all) are prepared ahead: at least the images of one
+    batch, so that the model never waits for the next one while workers have a core to run on.
+    """
+    names = [prompt.name for prompt in prompts]
+    if len(set(names)) != len(names):
+        raise ValueError(f"prompt names must be unique, got {names}")
+    encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
+    waiting: dict[int, dict[str, torch.Tensor]] = {}
+    prepared_items = _PreparedItems(items, boxes, prompts, model.preprocessor, resize)
+    if num_workers:
+        loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,
+                            collate_fn=_identity, prefetch_factor=max(2, math.ceil(prefetch_images / num_workers)))
+    else:  # in this process: a plain loop costs less per image than a DataLoader's machinery
+        loader = (prepared_items[index] for index in range(len(prepared_items)))
+
+    def collect(name: str, ready: list[tuple[Hashable, torch.Tensor]]):
+        for index, embedding in ready:
+            waiting.setdefault(index, {})[name] = embedding
+            if len(waiting[index]) == len(names):
+                yield index, waiting.pop(index)
+
+    for index, prepared in tqdm(loader, total=len(items), desc=desc, unit="img", disable=not progress, leave=False):
+        if isinstance(prepared, str):
+            yield index, prepared
+            continue
+        for name, inputs in prepared.items():
+            if not isinstance(inputs.pixels, torch.Tensor):  # from a dataloader worker
+                inputs.pixels = torch.from_numpy(inputs.pixels)
+            yield from collect(name, encoders[name].add(index, inputs))
+    for name, encoder in encoders.items():
+        yield from collect(name, encoder.flush())
+    if image_forwards is not None:
+        image_forwards.update({name: encoder.image_forwards for name, encoder in encoders.items()})
+    if unbiased_layer_rows is not None:
+        unbiased_layer_rows.update({name: encoder.unbiased_layer_rows for name, encoder in encoders.items()})
+    assert not waiting, "every prepared item must have been encoded under every prompt"

@@ -1,0 +1,118 @@
+"""The record of one run: its table, its JSON sidecar, and the per-split checkpoints that make it resumable.
+
+:class:`ExperimentRecord` writes ``<output_dir>/<experiment>.csv`` (rows = prompts, columns = what
+each split contributes) and ``<output_dir>/<experiment>.json`` (resolved config, model + weights hash,
+dataset sizes and notes, forward counts, wall times, package version, git sha) after *every* finished
+split, so a crash or a bad sample in a later split never loses finished work. With
+``run.resume=true`` a split already finished under the same config is reused, not recomputed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from ..io import write_json
+from ..model.clip import FoveatedCLIP
+from .provenance import environment, git_state, utc_now, weights_fingerprint
+from .tables import accuracy_table, write_csv
+
+# Run options that change how a run goes, not what it computes: left out of the config hash.
+NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions", "batch_size"}
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    semantic = dict(config)
+    semantic["run"] = {k: v for k, v in dict(config.get("run", {})).items() if k not in NON_SEMANTIC_RUN_KEYS}
+    return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def describe_model(model: FoveatedCLIP) -> dict[str, Any]:
+    """What the sidecar says about the model: where it came from, its weights hash and its geometry."""
+    return {"source": model.source, "weights_sha256": weights_fingerprint(model.clip),
+            "attn_implementation": model.attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
+            "device": str(model.device), "image_size": model.image_size, "patch_size": model.patch_size,
+            "vision_layers": model.num_layers, "logit_scale": round(model.logit_scale, 6)}
+
+
+def _safe_name(name: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name)
+
+
+class ExperimentRecord:
+    """The table and JSON sidecar of one run, rewritten after every finished split."""
+
+    def __init__(self, name: str, config: Mapping[str, Any], output_dir: str | Path, row_order: Sequence[str],
+                 model: FoveatedCLIP | None = None, resume: bool = False):
+        self.name, self.config, self.row_order = name, dict(config), list(row_order)
+        self.output_dir = Path(output_dir)
+        self.csv_path = self.output_dir / f"{name}.csv"
+        self.json_path = self.output_dir / f"{name}.json"
+        self.work_dir = self.output_dir / name
+        self.hash = config_hash(self.config)
+        self.resume = resume
+        self.columns: dict[str, dict[str, float]] = {}   # table column -> prompt -> value
+        self.splits: dict[str, dict] = {}                # split -> its details (sidecar "columns")
+        self._started, self._clock = utc_now(), time.perf_counter()
+        self.model_info = describe_model(model) if model is not None else None
+        self.extra: dict[str, Any] = {}
+
+    def split_path(self, split: str) -> Path:
+        """The checkpoint of a finished split (its columns and details), read back by resume."""
+        return self.work_dir / "columns" / f"{_safe_name(split)}.json"
+
+    def predictions_path(self, split: str) -> Path:
+        path = self.work_dir / "predictions" / f"{_safe_name(split)}.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def cached(self, split: str) -> bool:
+        """With resume on, reuse a split this config already finished (returns True if it did)."""
+        path = self.split_path(split)
+        if not (self.resume and path.is_file()):
+            return False
+        saved = json.loads(path.read_text())
+        if saved.get("config_hash") != self.hash or "columns" not in saved:
+            return False
+        self.columns.update(saved["columns"])
+        self.splits[split] = {**saved["details"], "resumed": True}
+        self._save("running")
+        return True
+
+    def add_split(self, split: str, columns: Mapping[str, Mapping[str, float]], details: Mapping[str, Any]) -> None:
+        """A finished split: its table columns and its details; both are written at once."""
+        columns = {column: dict(values) for column, values in columns.items()}
+        self.columns.update(columns)
+        self.splits[split] = dict(details)
+        write_json(self.split_path(split), {"config_hash": self.hash, "columns": columns, "details": dict(details)})
+        self._save("running")
+
+    def table(self):
+        return accuracy_table(self.columns, self.row_order)
+
+    def finish(self) -> None:
+        self._save("complete")
+
+    def fail(self, error: BaseException) -> None:
+        self.extra["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
+        self._save("failed")
+
+    def _save(self, status: str) -> None:
+        if self.columns:
+            write_csv(self.table(), self.csv_path)
+        forwards = {split: details.get("image_forwards") for split, details in self.splits.items()}
+        payload = {
+            "experiment": self.name, "status": status, "started": self._started, "updated": utc_now(),
+            "wall_time_s": round(time.perf_counter() - self._clock, 3),
+            "command": " ".join(sys.argv), "config_hash": self.hash, "config": self.config,
+            "model": self.model_info, "table": self.columns, "columns": self.splits,
+            "counts": {"image_forwards": forwards,
+                       "total_image_forwards": sum(sum(v.values()) for v in forwards.values() if v)},
+            "code": {**git_state(), "falip": environment()["falip"]}, "environment": environment(),
+            **self.extra,
+        }
+        write_json(self.json_path, payload)

@@ -1,0 +1,171 @@
+"""The foveal attention bias: a region of attention (ROA) -> an additive (N+1)x(N+1) attention-logit bias.
+
+FALIP adds a bias ``M`` to the attention logits of CLIP's vision transformer,
+``softmax(Q K^T / sqrt(d) + M) V``. ``M`` is zero except at the tokens of the ROA, where it holds a
+min-max-stretched 2D Gaussian centred on the ROA. Which entries of ``M`` get it is the
+*formulation*: ``cls`` (the paper's method: only the ``[CLS]`` query row), ``all`` (every query row)
+or ``diag`` (each ROA token attending to itself) -- the paper's ablation a / b / c.
+
+Token layout follows HF/OpenAI CLIP: index 0 is ``[CLS]``, patch token ``(row r, col c)`` of a grid
+with ``gw`` columns has index ``1 + r * gw + c``.
+"""
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+
+from ..geometry import clip_box_to_image
+
+FORMULATIONS = ("cls", "all", "diag")
+CELL_RULES = ("overlap", "released")
+
+DEFAULT_ALPHA = 0.2
+DEFAULT_SIGMA = 100.0
+DEFAULT_EPS = 1e-6
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    height, width = size
+    return int(height), int(width)
+
+
+def roa_cells(
+    box: Sequence[float],
+    image_size: int | Sequence[int],
+    patch_size: int,
+    cell_rule: str = "overlap",
+) -> tuple[int, int, int, int]:
+    """Token-grid cells covered by one box, as inclusive ``(row0, row1, col0, col1)``.
+
+    ``box`` is ``(x0, y0, x1, y1)`` in pixels of the model-input frame (``image_size``, square side
+    or ``(height, width)``). It is clipped to the frame first.
+
+    ``cell_rule``:
+      * ``"overlap"`` (default): every cell whose area overlaps the box,
+        columns ``floor(x0/p) .. ceil(x1/p)-1`` (rows likewise).
+      * ``"released"``: the released FALIP code's arithmetic, columns
+        ``max(ceil(x0/p),1)-1 .. max(ceil(x1/p),1)-1``. It differs from ``overlap`` only when a box
+        edge lies exactly on a patch boundary (e.g. ``x0 = 16`` also takes column 0, which the box
+        only touches).
+
+    Raises :class:`falip.geometry.BoxError` (a ``ValueError``) for a malformed or empty box, or one
+    that lies wholly outside the frame.
+    """
+    if cell_rule not in CELL_RULES:
+        raise ValueError(f"cell_rule must be one of {CELL_RULES}, got {cell_rule!r}")
+    height, width = _pair(image_size)
+    x0, y0, x1, y1 = clip_box_to_image(box, width, height, frame="model-input frame")
+    grid_h, grid_w = height // patch_size, width // patch_size
+    if cell_rule == "overlap":
+        c0, c1 = math.floor(x0 / patch_size), math.ceil(x1 / patch_size) - 1
+        r0, r1 = math.floor(y0 / patch_size), math.ceil(y1 / patch_size) - 1
+    else:
+        c0, c1 = max(math.ceil(x0 / patch_size), 1) - 1, max(math.ceil(x1 / patch_size), 1) - 1
+        r0, r1 = max(math.ceil(y0 / patch_size), 1) - 1, max(math.ceil(y1 / patch_size), 1) - 1
+    # Pixels past the last whole patch are dropped by the patch embedding: clamp to the grid.
+    c0, c1 = min(c0, grid_w - 1), min(c1, grid_w - 1)
+    r0, r1 = min(r0, grid_h - 1), min(r1, grid_h - 1)
+    return r0, r1, c0, c1
+
+
+def foveal_token_weights(
+    boxes: torch.Tensor | Sequence[Sequence[float]],
+    image_size: int | Sequence[int],
+    patch_size: int,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sigma: float = DEFAULT_SIGMA,
+    eps: float = DEFAULT_EPS,
+    cell_rule: str = "overlap",
+) -> torch.Tensor:
+    """Per-patch foveal weights ``(B, grid_h, grid_w)`` (float64): the normalised Gaussian on each ROA.
+
+    Over the ROA's ``h x w`` cells, ``R[i,j] = exp(-((i-(h-1)/2)^2 + (j-(w-1)/2)^2) / (2 sigma^2))`` and
+    ``Rn = alpha * (R - min R + eps) / (max R - min R + eps)``; cells outside the ROA are 0.
+
+    ``eps`` (1e-6, as in the released code) keeps the division finite when ``R`` is constant
+    (ROAs of 1 cell, 1xN or 2x2 cells...) -- those get ``alpha`` everywhere -- and keeps the corner
+    cells at a tiny positive value instead of exactly 0.
+
+    Because of the min-max stretch the *shape* of ``Rn`` does not depend on ``sigma`` once sigma is
+    large against the ROA (the default sigma=100 is >> 14 cells): ``R`` is then ~ ``1 - d^2/(2 sigma^2)``,
+    and stretching an affine function of ``d^2`` to [0, alpha] removes ``sigma``. The profile is a
+    paraboloid: ``alpha`` at the ROA centre, ~0 at its corners. Small sigmas (~1 cell) give a peaked
+    Gaussian instead; very large ones (thousands) shrink the spread of ``R`` towards ``eps``, which
+    then flattens the profile towards ``alpha``.
+    """
+    if sigma <= 0:
+        raise ValueError(f"sigma must be > 0, got {sigma}")
+    height, width = _pair(image_size)
+    grid_h, grid_w = height // patch_size, width // patch_size
+    box_list = boxes.tolist() if isinstance(boxes, torch.Tensor) else [list(b) for b in boxes]
+    if any(len(b) != 4 for b in box_list):
+        raise ValueError("boxes must have shape (B, 4): x0, y0, x1, y1 in model-input pixels")
+    if not box_list:
+        return torch.zeros(0, grid_h, grid_w, dtype=torch.float64)
+    cells = torch.tensor([roa_cells(box, (height, width), patch_size, cell_rule) for box in box_list],
+                         dtype=torch.float64)[:, :, None, None]  # (B, 4, 1, 1): r0, r1, c0, c1
+    r0, r1, c0, c1 = cells.unbind(1)
+    rows = torch.arange(grid_h, dtype=torch.float64)[None, :, None]
+    cols = torch.arange(grid_w, dtype=torch.float64)[None, None, :]
+
+    def gaussian(di: torch.Tensor, dj: torch.Tensor) -> torch.Tensor:
+        return torch.exp(-(di**2 + dj**2) / (2 * sigma**2))
+
+    # i - (h-1)/2 with i = row - r0 is row - (r0+r1)/2; the max of R sits at the cell(s) nearest the
+    # centre (offset 0 or 1/2), the min at the corners (offset (h-1)/2, (w-1)/2).
+    gauss = gaussian(rows - (r0 + r1) / 2, cols - (c0 + c1) / 2)
+    high = gaussian(((r1 - r0) % 2) / 2, ((c1 - c0) % 2) / 2)
+    low = gaussian((r1 - r0) / 2, (c1 - c0) / 2)
+    inside = (rows >= r0) & (rows <= r1) & (cols >= c0) & (cols <= c1)
+    weights = torch.where(inside, alpha * (gauss - low + eps) / (high - low + eps), torch.zeros((), dtype=torch.float64))
+    return weights
+
+
+def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> torch.Tensor:
+    """Place per-patch weights ``(B, gh, gw)`` or ``(B, N)`` into a ``(B, N+1, N+1)`` attention bias.
+
+    ``cls``: row 0 ([CLS] query) at the patch-token columns; ``all``: every row (the [CLS] row
+    included) at those columns; ``diag``: the diagonal entries of the patch tokens.
+    """
+    if formulation not in FORMULATIONS:
+        raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
+    flat = weights.reshape(weights.shape[0], -1)
+    batch, num_patches = flat.shape
+    bias = flat.new_zeros(batch, num_patches + 1, num_patches + 1)
+    if formulation == "cls":
+        bias[:, 0, 1:] = flat
+    elif formulation == "all":
+        bias[:, :, 1:] = flat[:, None, :]
+    else:
+        bias[:, 1:, 1:] = torch.diag_embed(flat)
+    return bias
+
+
+def foveal_attention_bias(
+    boxes: torch.Tensor | Sequence[Sequence[float]],
+    image_size: int | Sequence[int],
+    patch_size: int,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sigma: float = DEFAULT_SIGMA,
+    eps: float = DEFAULT_EPS,
+    formulation: str = "cls",
+    cell_rule: str = "overlap",
+    dtype: torch.dtype = torch.float32,
+) -> torch.Tensor:
+    """FALIP's additive attention bias ``(B, N+1, N+1)`` for ``B`` boxes (xyxy, model-input pixels).
+
+    ``N = (H // patch_size) * (W // patch_size)`` patch tokens plus ``[CLS]`` at index 0. Computed in
+    float64 (the released code uses float32 numpy; the two differ by < 1e-4 * alpha) and returned in
+    ``dtype``. See :func:`foveal_token_weights` for the Gaussian and its ``eps`` and
+    :func:`roa_cells` for which cells a box covers.
+    """
+    weights = foveal_token_weights(
+        boxes, image_size, patch_size, alpha=alpha, sigma=sigma, eps=eps, cell_rule=cell_rule
+    )
+    return bias_from_token_weights(weights.to(dtype), formulation)  # placed in dtype: same values, less memory

@@ -1,0 +1,125 @@
+"""Image edits: how the pixel-based visual prompts change the image for one region.
+
+Recipes follow the released FALIP / ReCLIP code: red ellipse outline inscribed in the box, line width
+``int(max(W, H) / 200)``, drawn on the original-resolution image; blur = PIL Gaussian blur of radius
+(std) 100 with the original pasted back inside the region; crop = PIL crop of the box.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Sequence
+
+from PIL import Image, ImageDraw, ImageFilter
+
+from ..geometry import Box
+
+Edited = tuple[Image.Image, Box]
+
+
+def _region_mask(size: tuple[int, int], box: Box, shape: str) -> Image.Image:
+    """An 'L' mask, 255 inside the box (``shape="box"``) or its inscribed ellipse."""
+    mask = Image.new("L", size, 0)
+    draw = ImageDraw.Draw(mask)
+    corners = [tuple(box[:2]), tuple(box[2:])]
+    (draw.rectangle if shape == "box" else draw.ellipse)(corners, fill=255)
+    return mask
+
+
+def _check_shape(shape: str) -> None:
+    if shape not in ("box", "ellipse"):
+        raise ValueError(f"region shape must be 'box' or 'ellipse', got {shape!r}")
+
+
+class ImageEdit:
+    """Base class: edits the image for each box; returns the edited image and the box in its frame."""
+
+    name: ClassVar[str] = ""
+
+    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
+        return [self.apply_one(image, box) for box in boxes]
+
+    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+        raise NotImplementedError
+
+    def config(self) -> dict[str, Any]:
+        return {"name": self.name, **asdict(self)}  # type: ignore[call-overload]
+
+
+@dataclass(frozen=True)
+class RedCircle(ImageEdit):
+    """RedCircle (Shtedritski et al. 2023): an ellipse outline inscribed in the box.
+
+    ``width=None`` uses the released code's ``int(max(W, H) / 200)``, floored at 1 px (PIL draws
+    nothing for width 0, which the released formula gives for images under 200 px).
+    """
+
+    name: ClassVar[str] = "red_circle"
+    color: tuple[int, int, int] = (255, 0, 0)
+    width: int | None = None
+
+    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+        edited = image.copy()
+        width = self.width if self.width is not None else max(1, int(max(image.size) / 200))
+        ImageDraw.Draw(edited).ellipse([tuple(box[:2]), tuple(box[2:])], outline=tuple(self.color), width=width)
+        return edited, box
+
+
+class _ReplaceOutside(ImageEdit):
+    """Edits that keep the region and show a transformed copy of the image everywhere else."""
+
+    shape: str
+
+    def __post_init__(self) -> None:
+        _check_shape(self.shape)
+
+    def background(self, image: Image.Image) -> Image.Image:
+        raise NotImplementedError
+
+    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
+        background = self.background(image)  # once per image, not per box
+        return [self._paste(background, image, box) for box in boxes]
+
+    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+        return self._paste(self.background(image), image, box)
+
+    def _paste(self, background: Image.Image, image: Image.Image, box: Box) -> Edited:
+        edited = background.copy()
+        edited.paste(image, mask=_region_mask(image.size, box, self.shape))
+        return edited, box
+
+
+@dataclass(frozen=True)
+class BlurOutside(_ReplaceOutside):
+    """Gaussian-blur the image outside the region (ReCLIP's blur: radius 100, region = box)."""
+
+    name: ClassVar[str] = "blur"
+    radius: float = 100.0
+    shape: str = "box"
+
+    def background(self, image: Image.Image) -> Image.Image:
+        return image.filter(ImageFilter.GaussianBlur(self.radius))
+
+
+@dataclass(frozen=True)
+class GrayscaleOutside(_ReplaceOutside):
+    """Grayscale outside the region (FGVP's grayscale prompt; region = the inscribed ellipse)."""
+
+    name: ClassVar[str] = "grayscale"
+    shape: str = "ellipse"
+
+    def background(self, image: Image.Image) -> Image.Image:
+        return image.convert("L").convert("RGB")
+
+
+@dataclass(frozen=True)
+class Crop(ImageEdit):
+    """Crop the box (PIL rounds the coordinates); the region becomes the whole cropped image."""
+
+    name: ClassVar[str] = "crop"
+
+    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+        cropped = image.crop(tuple(box))
+        return cropped, (0.0, 0.0, float(cropped.width), float(cropped.height))
+
+
+EDITS: dict[str, type[ImageEdit]] = {cls.name: cls for cls in (RedCircle, BlurOutside, GrayscaleOutside, Crop)}

@@ -1,0 +1,111 @@
+"""A visual prompt = an edit chain + an optional foveal attention bias: every compared method, as data.
+
+====================  ===================================  ===============
+prompt                edits                                bias
+====================  ===================================  ===============
+Original CLIP         --                                   --
+FALIP                 --                                   FovealBias()
+RedCircle             RedCircle()                          --
+RedCircle+FALIP       RedCircle()                          FovealBias()
+Blur                  BlurOutside()                        --
+Crop                  Crop()                               --
+Grayscale             GrayscaleOutside()                   --
+====================  ===================================  ===============
+
+Tasks never branch on a prompt's name: they hand (image, boxes, prompt) to the region encoder
+(:mod:`falip.encoding.regions`). Configs build prompts with :mod:`falip.prompts.config`.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, ClassVar, Sequence
+
+import torch
+from PIL import Image
+
+from ..geometry import Box
+from ..model.bias import (CELL_RULES, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS,
+                          foveal_attention_bias)
+from .edits import BlurOutside, Crop, Edited, GrayscaleOutside, ImageEdit, RedCircle
+
+# The layers the released FALIP code biases: the last 4 (of ViT-B/16's 12).
+RELEASED_LAYERS = (-4, -3, -2, -1)
+
+
+@dataclass(frozen=True)
+class FovealBias:
+    """FALIP's foveal attention bias, as configured data.
+
+    ``layers``: vision layers that get the bias (negative = from the end; ``None`` = all). The
+    released FALIP code biases the last 4 of ViT-B/16's 12 layers, the paper text says "the MSA
+    module" (read: all layers) -- both are a config value. ``cell_rule``: see :func:`falip.model.bias.roa_cells`.
+    """
+
+    name: ClassVar[str] = "foveal"
+    alpha: float = DEFAULT_ALPHA
+    sigma: float = DEFAULT_SIGMA
+    formulation: str = "cls"
+    layers: tuple[int, ...] | None = RELEASED_LAYERS
+    cell_rule: str = "overlap"
+    eps: float = DEFAULT_EPS
+
+    def __post_init__(self) -> None:
+        if self.formulation not in FORMULATIONS:
+            raise ValueError(f"bias formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
+        if self.cell_rule not in CELL_RULES:
+            raise ValueError(f"bias cell_rule must be one of {CELL_RULES}, got {self.cell_rule!r}")
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
+
+    def build(self, input_boxes: Sequence[Box], image_size: int, patch_size: int) -> torch.Tensor:
+        """``(K, T, T)`` float32 bias for K boxes given in model-input pixels."""
+        return foveal_attention_bias(list(input_boxes), image_size, patch_size, alpha=self.alpha, sigma=self.sigma,
+                                     eps=self.eps, formulation=self.formulation, cell_rule=self.cell_rule)
+
+    def config(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["layers"] = list(self.layers) if self.layers is not None else None
+        return {"name": self.name, **values}
+
+
+@dataclass(frozen=True)
+class VisualPrompt:
+    """A named (edit chain, attention bias) pair: how a region is shown to CLIP."""
+
+    name: str
+    edits: tuple[ImageEdit, ...] = field(default=())
+    bias: FovealBias | None = None
+
+    @property
+    def edits_depend_on_region(self) -> bool:
+        """True when each region gets its own pixels (every edit is drawn for one region)."""
+        return bool(self.edits)
+
+    @property
+    def region_dependent(self) -> bool:
+        """False for plain CLIP: every region of an image then has the same embedding (one forward)."""
+        return self.edits_depend_on_region or self.bias is not None
+
+    def apply_edits(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
+        """Run the edit chain for every box: ``[(edited image, box in its frame), ...]``."""
+        results: list[Edited] = [(image, tuple(box)) for box in boxes]
+        for edit in self.edits:
+            if all(img is image for img, _ in results):  # first edit: share per-image work across boxes
+                results = edit.apply(image, [box for _, box in results])
+            else:
+                results = [edit.apply_one(img, box) for img, box in results]
+        return results
+
+    def config(self) -> dict[str, Any]:
+        return {"edits": [edit.config() for edit in self.edits],
+                "bias": self.bias.config() if self.bias is not None else None}
+
+
+# The paper's methods, ready to use from Python.
+ORIGINAL_CLIP = VisualPrompt("Original CLIP")
+FALIP = VisualPrompt("FALIP", bias=FovealBias())
+RED_CIRCLE = VisualPrompt("RedCircle", edits=(RedCircle(),))
+RED_CIRCLE_FALIP = VisualPrompt("RedCircle+FALIP", edits=(RedCircle(),), bias=FovealBias())
+BLUR = VisualPrompt("Blur", edits=(BlurOutside(),))
+CROP = VisualPrompt("Crop", edits=(Crop(),))
+GRAYSCALE = VisualPrompt("Grayscale", edits=(GrayscaleOutside(),))

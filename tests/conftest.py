@@ -1,0 +1,58 @@
+"""Fixtures shared by every test: tiny random CLIPs, the shipped sandbox CLIP, in-format datasets.
+
+One seed for every random model (``TINY_SEED``), so that a claim that holds for "a random CLIP" is
+checked on the same one everywhere.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from falip.data.classification.boxes import write_box_classification
+from falip.model.clip import FoveatedCLIP
+from falip.model.random_clip import random_clip
+from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
+from falip.sandbox.datasets import write_shapes_rec
+
+TINY_SEED = 3
+REFCOCO_SPLITS = {"val": 3, "testA": 2, "testB": 4}  # split -> objects per scene
+BOX_CLASSES = ["red circle", "blue square", "green cross"]
+
+
+@pytest.fixture(scope="session")
+def tiny_clip() -> FoveatedCLIP:
+    """A seeded random tiny CLIP (32 px input, patch 8, 4 layers), sdpa attention."""
+    return random_clip("tiny", seed=TINY_SEED)
+
+
+@pytest.fixture(scope="session", params=["eager", "sdpa"])
+def tiny_clip_each_attention(request) -> FoveatedCLIP:
+    """The same weights as :func:`tiny_clip`, once per attention implementation that takes a bias."""
+    return random_clip("tiny", seed=TINY_SEED, attn_implementation=request.param)
+
+
+@pytest.fixture(scope="session")
+def sandbox_clip() -> FoveatedCLIP:
+    """The shipped sandbox CLIP (falip/sandbox/model)."""
+    return FoveatedCLIP.from_pretrained(SANDBOX_MODEL_DIR)
+
+
+@pytest.fixture(scope="session")
+def refcoco_root(tmp_path_factory):
+    """Sandbox scenes written as RefCOCO in the refer toolkit's layout (refcoco/instances.json, refs(unc).p,
+    COCO-named JPEGs): 10 scenes per split, val / testA / testB with 3 / 2 / 4 objects."""
+    root = tmp_path_factory.mktemp("refer")
+    write_shapes_rec(root, seed=5, scenes_per_split=10, width=96, height=80, splits=REFCOCO_SPLITS,
+                     dataset_dir="refcoco", split_by="unc", file_pattern="COCO_train2014_{:012d}.jpg")
+    return root
+
+
+@pytest.fixture
+def box_jsonl_root(tmp_path):
+    """A box-classification dataset (classes.txt + test.jsonl + PNGs): 6 noise images, box i = (2+i, 3, 30, 33),
+    label i % 3."""
+    rng = np.random.default_rng(0)
+    samples = [(f"s{i}", Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)),
+                (2.0 + i, 3.0, 30.0, 33.0), i % 3) for i in range(6)]
+    return write_box_classification(tmp_path / "boxes", BOX_CLASSES, {"test": samples})

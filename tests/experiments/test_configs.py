@@ -1,0 +1,31 @@
+"""Every shipped experiment composes, and its prompts build: a broken config is caught before a long run."""
+from pathlib import Path
+
+import pytest
+
+from falip.cli import compose
+from falip.prompts import prompts_from_config
+
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "falip" / "configs" / "experiment").glob("*.yaml"))
+
+
+def test_every_experiment_file_is_listed():
+    assert {"shapes_rec", "shapes_cls", "shapes_ablation", "refcoco_rec", "refcocop_rec", "refcocog_rec",
+            "rec_table"} <= set(EXPERIMENTS)
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_composes_and_builds_its_prompts(name):
+    config = compose([f"experiment={name}"])
+    assert config["experiment_name"] == name
+    if config["task"]["name"] == "table":
+        assert config["task"]["columns"], "a table task combines finished runs"
+        return
+    prompts = prompts_from_config(config["prompts"], foveal=config["foveal"])
+    assert prompts and len({p.name for p in prompts}) == len(prompts)
+    assert all(p.bias is None or p.bias.alpha > 0 for p in prompts)
+
+
+def test_default_run_is_the_sandbox_rec_experiment():
+    config = compose([])
+    assert config["experiment_name"] == "shapes_rec" and config["model"]["name"] == "falip-sandbox"

@@ -1,0 +1,67 @@
+"""The run record: CSV + sidecar after every split, resume, failure status; paper-layout tables."""
+import json
+
+import pandas as pd
+import pytest
+
+from falip.experiments.record import ExperimentRecord, config_hash
+from falip.experiments.tables import PAPER, accuracy_table, combine_with_paper, paper_table, read_table
+from falip.experiments.reports import build_paper_table
+
+CONFIG = {"experiment_name": "demo", "run": {"seed": 0, "output_dir": "x", "progress": True}, "task": {"name": "rec"}}
+
+
+def test_record_writes_after_each_split_and_resumes(tmp_path, tiny_clip):
+    record = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], tiny_clip)
+    record.add_split("val", {"val": {"A": 50.0, "B": 75.123}}, {"image_forwards": {"A": 3, "B": 4}})
+    table = read_table(tmp_path / "demo.csv")
+    assert list(table.columns) == ["val"] and table.loc["B", "val"] == pytest.approx(75.12)
+    sidecar = json.loads((tmp_path / "demo.json").read_text())
+    assert sidecar["status"] == "running" and sidecar["counts"]["total_image_forwards"] == 7
+    assert len(sidecar["model"]["weights_sha256"]) == 64 and sidecar["config"] == CONFIG
+    assert "git_sha" in sidecar["code"] and sidecar["environment"]["torch"]
+    record.fail(RuntimeError("boom"))
+    assert json.loads((tmp_path / "demo.json").read_text())["status"] == "failed"
+
+    resumed = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], resume=True)
+    assert resumed.cached("val") and not resumed.cached("test")
+    assert resumed.columns["val"]["B"] == 75.123
+    changed = {**CONFIG, "task": {"name": "rec", "iou_threshold": 0.7}}
+    assert not ExperimentRecord("demo", changed, tmp_path, ["A"], resume=True).cached("val")
+    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], resume=False).cached("val")
+
+
+def test_config_hash_ignores_how_a_run_goes():
+    other = {**CONFIG, "run": {**CONFIG["run"], "progress": False, "num_workers": 2}}
+    assert config_hash(other) == config_hash(CONFIG)
+    assert config_hash({**CONFIG, "run": {**CONFIG["run"], "seed": 1}}) != config_hash(CONFIG)
+
+
+def test_paper_rows_are_labelled_and_never_mixed(tmp_path):
+    measured = accuracy_table({"RefCOCO TestA": {"FALIP": 40.0}, "Avg": {"FALIP": 41.0}}, ["FALIP"])
+    paper = paper_table("results/paper/rec.csv")
+    assert paper.loc["FALIP", "RefCOCO TestA"] == 44.2
+    combined = combine_with_paper(measured, paper)
+    assert combined.loc["FALIP", "source"] == "measured" and combined.loc["FALIP", "RefCOCO TestA"] == 40.0
+    assert combined.loc["FALIP [paper]", "source"] == PAPER and combined.loc["FALIP [paper]", "RefCOCO TestA"] == 44.2
+
+
+def test_rec_table_from_finished_runs(tmp_path):
+    for name, columns in {"refcoco_rec": ["val", "testA", "testB"], "refcocop_rec": ["val", "testA", "testB"],
+                          "refcocog_rec": ["val", "test"]}.items():
+        frame = pd.DataFrame({c: [10.0 + i, 20.0 + i] for i, c in enumerate(columns)}, index=["Original CLIP", "FALIP"])
+        frame.index.name = "prompt"
+        frame.to_csv(tmp_path / f"{name}.csv")
+    config = {"experiment_name": "rec_table", "run": {"output_dir": str(tmp_path)},
+              "task": {"name": "table", "average": "Avg", "paper_csv": "results/paper/rec.csv",
+                       "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO TestB": ["refcoco_rec", "testB"],
+                                   "RefCOCO+ TestA": ["refcocop_rec", "testA"], "RefCOCOg Test": ["refcocog_rec", "test"]}}}
+    table = build_paper_table(config)
+    assert list(table.columns) == ["source", "RefCOCO TestA", "RefCOCO TestB", "RefCOCO+ TestA", "RefCOCOg Test", "Avg"]
+    assert table.loc["FALIP", "Avg"] == pytest.approx((21 + 22 + 21 + 21) / 4)
+    assert table.loc["FALIP [paper]", "Avg"] == 45.2
+    written = read_table(tmp_path / "rec_table.csv")
+    assert written.loc["RedCircle [paper]", "source"] == PAPER
+    (tmp_path / "refcocog_rec.csv").unlink()
+    with pytest.raises(FileNotFoundError, match="falip-run experiment=refcocog_rec"):
+        build_paper_table(config)

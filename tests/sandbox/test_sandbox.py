@@ -1,0 +1,90 @@
+"""The sandbox: scenes, vocabulary, training smoke run, the shipped model, generated datasets."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from falip import FoveatedCLIP
+from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
+from falip.data.classification.boxes import load_box_classification_split
+from falip.data.rec.loading import load_rec_split
+from falip.errors import ConfigError
+from falip.prompts import ORIGINAL_CLIP
+from falip.experiments.generated import MARKER, build_generated_dataset
+from falip.sandbox.evaluation import classification_accuracy, scene_classification_split
+from falip.sandbox.scenes import CLASS_NAMES, CLASSES, generate_scene
+from falip.sandbox.training import TRAIN_TEMPLATES, TrainConfig, train_sandbox_clip, vocabulary_covers
+
+
+def test_scenes_are_seeded_disjoint_tight_and_unique():
+    a = generate_scene(np.random.default_rng(3), 4, 96, 80)
+    b = generate_scene(np.random.default_rng(3), 4, 96, 80)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image))
+    assert [o.box for o in a.objects] == [o.box for o in b.objects]
+    assert a.image.size == (96, 80)
+    for seed in range(30):
+        scene = generate_scene(np.random.default_rng(seed), 1 + seed % 4, 64 + seed, 64)
+        assert len({(o.colour, o.shape) for o in scene.objects}) == len(scene.objects)
+        for i, obj in enumerate(scene.objects):
+            ys, xs = np.nonzero(obj.mask)
+            assert obj.box == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+            for other in scene.objects[i + 1:]:
+                x0, y0, x1, y1 = obj.box
+                u0, v0, u1, v1 = other.box
+                assert x1 <= u0 or u1 <= x0 or y1 <= v0 or v1 <= y0, "boxes must be disjoint"
+    with pytest.raises(ValueError):
+        generate_scene(np.random.default_rng(0), 0)
+
+
+def test_vocabulary_covers_every_sandbox_text():
+    texts = [t.format(name) for t in TRAIN_TEMPLATES for name in CLASS_NAMES]
+    texts += ["a photo of " + name for name in CLASS_NAMES] + ["a photo of a {}.".format(n) for n in CLASS_NAMES]
+    assert vocabulary_covers(texts) == []
+    assert vocabulary_covers(["a photo of a dog"]) == ["a photo of a dog"]
+    assert len(CLASSES) == 20
+
+
+def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):
+    config = TrainConfig(steps=3, batch_size=8, vision_layers=1, vision_width=32, text_layers=1, text_width=32,
+                         projection_dim=16, warmup_steps=1, log_every=1)
+    _, _, history = train_sandbox_clip(config, tmp_path, log=lambda _: None)
+    assert [h["step"] for h in history] == [0, 1, 2] and all(np.isfinite(h["loss"]) for h in history)
+    model = FoveatedCLIP.from_pretrained(tmp_path)
+    assert model.image_size == 64 and model.patch_size == 8 and model.num_layers == 1
+    with torch.no_grad():
+        assert model.encode_text(["a photo of red circle"]).shape == (1, 16)
+    assert json.loads((tmp_path / "training_log.json").read_text())["config"]["steps"] == 3
+
+
+def test_shipped_model_loads_and_knows_the_classes():
+    files = {p.name for p in SANDBOX_MODEL_DIR.iterdir()}
+    assert {"config.json", "model.safetensors", "tokenizer.json", "preprocessor_config.json", "MODEL_CARD.md"} <= files
+    assert sum(p.stat().st_size for p in SANDBOX_MODEL_DIR.iterdir()) < 10e6
+    model = FoveatedCLIP.from_pretrained(SANDBOX_MODEL_DIR)
+    with torch.inference_mode():
+        accuracy = classification_accuracy(model, [ORIGINAL_CLIP], scene_classification_split(60, 1, seed=4242))
+    assert accuracy["Original CLIP"] > 50.0, "zero-shot single-object accuracy (chance: 5%)"
+
+
+def test_generated_datasets_are_real_formats_and_cached(tmp_path):
+    generator = {"_target_": "falip.sandbox.datasets.write_shapes_rec", "seed": 1, "scenes_per_split": 3, "width": 80, "height": 72,
+                 "splits": {"objects2": 2, "objects3": 3}}
+    root = build_generated_dataset(generator, tmp_path / "rec")
+    split = load_rec_split("shapes", "objects3", root=root, layout="refer", split_by="synthetic")
+    assert split.num_sentences == 9 and len(split.images) == 3
+    assert all(len(image.candidates) == 3 and image.load_image().size == (80, 72) for image in split.images)
+    stamp = (root / MARKER).stat().st_mtime_ns
+    assert build_generated_dataset(generator, tmp_path / "rec") == root and (root / MARKER).stat().st_mtime_ns == stamp
+    cls_root = build_generated_dataset({**generator, "_target_": "falip.sandbox.datasets.write_shapes_cls"},
+                                       tmp_path / "cls")
+    cls = load_box_classification_split(cls_root, "objects2")
+    assert cls.classes == list(CLASS_NAMES) and len(cls.samples) == 3
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "file.txt").write_text("x")
+    with pytest.raises(FileExistsError, match="not a falip-generated dataset"):
+        build_generated_dataset(generator, tmp_path / "other")
+    with pytest.raises(ConfigError, match="generator._target_"):
+        build_generated_dataset({"_target_": "falip.sandbox.datasets.write_shapes_seg"}, tmp_path / "x")
+    with pytest.raises(ConfigError, match="needs _target_"):
+        build_generated_dataset({"seed": 1}, tmp_path / "x")

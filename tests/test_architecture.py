@@ -1,0 +1,107 @@
+"""The package's layers: every module imports only downward, and the tasks share the runner's one loop.
+
+Layers, bottom to top (docs/architecture.md draws them):
+
+    0  version, errors, geometry, io        no falip imports but each other
+    1  model/, data/                        model never imports data, nor data model
+    2  prompts/
+    3  encoding/
+    4  tasks/
+    5  experiments/
+    6  sandbox/
+    7  cli
+    8  falip/__init__.py                     the public face: imports from below, imported by nobody inside
+
+A module may import its own package (e.g. data/rec/refer.py -> data/rec/types.py) or a strictly
+lower layer. The check reads every ``import`` statement (module level and inside functions) with
+``ast``; a config's ``_target_`` (the sandbox's generators) is resolved at run time and is not an import.
+"""
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parents[1] / "falip"
+LAYERS = {"falip.version": 0, "falip.errors": 0, "falip.geometry": 0, "falip.io": 0,
+          "falip.model": 1, "falip.data": 1, "falip.prompts": 2, "falip.encoding": 3, "falip.tasks": 4,
+          "falip.experiments": 5, "falip.sandbox": 6, "falip.cli": 7, "falip": 8}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def unit(module: str) -> str:
+    """The layer unit a module belongs to: the longest key of LAYERS that prefixes it."""
+    return max((key for key in LAYERS if module == key or module.startswith(key + ".")), key=len)
+
+
+def falip_imports(path: Path) -> list[tuple[str, int, bool]]:
+    """(imported falip module, line, inside a function?) for every import statement of ``path``."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rsplit(".", 1)[0]
+    tree = ast.parse(path.read_text())
+    found = []
+
+    def visit(node, in_function):
+        for child in ast.iter_child_nodes(node):
+            nested = in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef))
+            if isinstance(child, ast.Import):
+                found.extend((alias.name, child.lineno, in_function) for alias in child.names
+                             if alias.name.split(".")[0] == "falip")
+            elif isinstance(child, ast.ImportFrom):
+                if child.level:
+                    base = package.split(".")
+                    base = base[:len(base) - (child.level - 1)]
+                    target = ".".join(base + ([child.module] if child.module else []))
+                else:
+                    target = child.module or ""
+                if target.split(".")[0] == "falip":
+                    # "from . import x" names submodules: count each as imported
+                    names = [f"{target}.{a.name}" for a in child.names] if not child.module else [target]
+                    found.extend((t, child.lineno, in_function) for t in names)
+            visit(child, nested)
+
+    visit(tree, False)
+    return found
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_imports_only_go_down(path):
+    source = module_name(path)
+    source_unit = unit(source)
+    upward = []
+    for target, line, in_function in falip_imports(path):
+        target_unit = unit(target)
+        if target_unit == source_unit:
+            continue
+        if LAYERS[target_unit] >= LAYERS[source_unit]:
+            upward.append(f"line {line}: {source} (layer {LAYERS[source_unit]}) imports {target} "
+                          f"(layer {LAYERS[target_unit]})")
+    assert not upward, "\n".join(upward)
+
+
+@pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
+def test_no_falip_import_hides_inside_a_function(path):
+    hidden = [f"line {line}: {target}" for target, line, in_function in falip_imports(path) if in_function]
+    assert not hidden, f"{path.name} imports falip modules inside functions (a cycle dodged?): {hidden}"
+
+
+def test_every_module_has_a_layer():
+    assert all(unit(module_name(path)) for path in MODULES)
+
+
+def test_tasks_share_the_runners_one_loop():
+    """Only the runner drives the encoder over a dataset; tasks neither loop over encodings nor write files."""
+    callers = [module_name(path) for path in MODULES if "encode_items(" in path.read_text()
+               and not path.name == "regions.py"]
+    assert callers == ["falip.experiments.runner"], callers
+    for path in (PACKAGE / "tasks").glob("*.py"):
+        text = path.read_text()
+        assert "open(" not in text and "encode_items" not in text and "tqdm" not in text, path.name
