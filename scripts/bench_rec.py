@@ -45,7 +45,7 @@ def raw_rate(model: FoveatedCLIP, rows: int, batch_size: int, layers, regions_pe
     size = model.image_size
     pixels = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
     boxes = torch.tensor([[size * 0.1, size * 0.2, size * 0.6, size * 0.9]] * batch_size)
-    bias = FovealBias(layers=layers).build(boxes.tolist(), size, model.patch_size)
+    bias = FovealBias(layers=layers).for_model(model).build(boxes.tolist(), size, model.patch_size)
     started, done = time.perf_counter(), 0
     with torch.inference_mode():
         while done < rows:

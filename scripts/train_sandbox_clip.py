@@ -38,9 +38,9 @@ def evaluate(model: FoveatedCLIP, scenes: int) -> dict:
     prompts = [ORIGINAL_CLIP, CROP]
     for label, layers in LAYER_SETS.items():
         for alpha in ALPHAS:
-            prompts.append(VisualPrompt(f"FALIP cls alpha={alpha} layers={label}", bias=FovealBias(alpha=alpha, layers=layers)))
-            prompts.append(VisualPrompt(f"FALIP all-rows alpha={alpha} layers={label}",
-                                        bias=FovealBias(alpha=alpha, layers=layers, formulation="all")))
+            for kind, formulation in (("cls", "cls"), ("all-rows", "all")):  # the sandbox experiments' cell rule
+                bias = FovealBias(alpha=alpha, layers=layers, formulation=formulation, cell_rule="overlap")
+                prompts.append(VisualPrompt(f"FALIP {kind} alpha={alpha} layers={label}", bias=bias))
     results["rec_objects3"] = rec_accuracy(model, prompts, rec)
     return results
 

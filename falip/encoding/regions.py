@@ -89,6 +89,7 @@ class RegionEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size = model, prompt, batch_size
+        self.bias = prompt.bias.for_model(model) if prompt.bias is not None else None  # alpha=None: the model's
         self.image_forwards = 0
         self.unbiased_layer_rows = 0
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
@@ -153,7 +154,7 @@ class RegionEncoder:
         bias = None
         if self.prompt.bias is not None:
             boxes, self._queued_boxes = self._queued_boxes[:count], self._queued_boxes[count:]
-            bias = self.prompt.bias.build(boxes, self.model.image_size, self.model.patch_size)
+            bias = self.bias.build(boxes, self.model.image_size, self.model.patch_size)
         embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index)
         self._done.append(embeddings.float().cpu())
         self._done_rows += count

@@ -11,9 +11,11 @@ with ``gw`` columns has index ``1 + r * gw + c``.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from ..geometry import clip_box_to_image
@@ -37,7 +39,7 @@ def roa_cells(
     box: Sequence[float],
     image_size: int | Sequence[int],
     patch_size: int,
-    cell_rule: str = "overlap",
+    cell_rule: str = "released",
 ) -> tuple[int, int, int, int]:
     """Token-grid cells covered by one box, as inclusive ``(row0, row1, col0, col1)``.
 
@@ -45,12 +47,13 @@ def roa_cells(
     or ``(height, width)``). It is clipped to the frame first.
 
     ``cell_rule``:
-      * ``"overlap"`` (default): every cell whose area overlaps the box,
-        columns ``floor(x0/p) .. ceil(x1/p)-1`` (rows likewise).
-      * ``"released"``: the released FALIP code's arithmetic, columns
+      * ``"released"`` (default): the released FALIP code's arithmetic, columns
         ``max(ceil(x0/p),1)-1 .. max(ceil(x1/p),1)-1``. It differs from ``overlap`` only when a box
         edge lies exactly on a patch boundary (e.g. ``x0 = 16`` also takes column 0, which the box
-        only touches).
+        only touches). With this rule :func:`foveal_token_weights` also reproduces the released
+        code's float32 values (:func:`released_roa_gaussian`).
+      * ``"overlap"``: every cell whose area overlaps the box, columns ``floor(x0/p) .. ceil(x1/p)-1``
+        (rows likewise), with the Gaussian in exact float64 arithmetic.
 
     Raises :class:`falip.geometry.BoxError` (a ``ValueError``) for a malformed or empty box, or one
     that lies wholly outside the frame.
@@ -80,7 +83,7 @@ def foveal_token_weights(
     alpha: float = DEFAULT_ALPHA,
     sigma: float = DEFAULT_SIGMA,
     eps: float = DEFAULT_EPS,
-    cell_rule: str = "overlap",
+    cell_rule: str = "released",
 ) -> torch.Tensor:
     """Per-patch foveal weights ``(B, grid_h, grid_w)`` (float64): the normalised Gaussian on each ROA.
 
@@ -97,6 +100,10 @@ def foveal_token_weights(
     paraboloid: ``alpha`` at the ROA centre, ~0 at its corners. Small sigmas (~1 cell) give a peaked
     Gaussian instead; very large ones (thousands) shrink the spread of ``R`` towards ``eps``, which
     then flattens the profile towards ``alpha``.
+
+    ``cell_rule="released"`` computes ``Rn`` as the released code does (:func:`released_roa_gaussian`:
+    float32, ``R`` from the distance), bit for bit; ``"overlap"`` computes it in float64. The two
+    differ by up to ~1.5e-4 x alpha on the same cells (at sigma = 100).
     """
     if sigma <= 0:
         raise ValueError(f"sigma must be > 0, got {sigma}")
@@ -109,6 +116,8 @@ def foveal_token_weights(
         return torch.zeros(0, grid_h, grid_w, dtype=torch.float64)
     cells = torch.tensor([roa_cells(box, (height, width), patch_size, cell_rule) for box in box_list],
                          dtype=torch.float64)[:, :, None, None]  # (B, 4, 1, 1): r0, r1, c0, c1
+    if cell_rule == "released":
+        return _released_weights(cells[:, :, 0, 0].long().tolist(), grid_h, grid_w, alpha, sigma, eps)
     r0, r1, c0, c1 = cells.unbind(1)
     rows = torch.arange(grid_h, dtype=torch.float64)[None, :, None]
     cols = torch.arange(grid_w, dtype=torch.float64)[None, None, :]
@@ -124,6 +133,41 @@ def foveal_token_weights(
     inside = (rows >= r0) & (rows <= r1) & (cols >= c0) & (cols <= c1)
     weights = torch.where(inside, alpha * (gauss - low + eps) / (high - low + eps), torch.zeros((), dtype=torch.float64))
     return weights
+
+
+@functools.lru_cache(maxsize=4096)
+def released_roa_gaussian(height: int, width: int, alpha: float, sigma: float, eps: float) -> np.ndarray:
+    """The normalised Gaussian of an ``height x width`` ROA, with the released FALIP code's arithmetic.
+
+    Bit for bit as ``generate_gaussian_mask_region`` of the released code (``executor.py``) under the
+    numpy 1.x its requirements pin: the Gaussian is computed in float64 from the distance
+    (``exp(-0.5 * (sqrt(dx^2 + dy^2) / sigma)^2)``) and stored in float32; the stretch is float32
+    arithmetic, ``((R - min) + eps) / den * alpha``, where ``den = max + eps - min`` is a float64
+    scalar (numpy 1.x promotes a float32 scalar with a Python float to float64) rounded once to
+    float32 when it divides the float32 array. With sigma = 100, ``R`` is ~1 - 1e-4 everywhere, so
+    the stretch magnifies that float32 rounding to ~1.5e-4 x alpha against the exact values.
+    Returns a read-only float32 array (cached: at most one per ROA shape).
+    """
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    ys = np.arange(height, dtype=np.float64)[:, None]
+    xs = np.arange(width, dtype=np.float64)[None, :]
+    distance = np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2)
+    gauss = np.exp(-0.5 * (distance / sigma) ** 2).astype(np.float32)
+    low, high = gauss.min(), gauss.max()
+    denominator = np.float32(np.float64(high) + eps - np.float64(low))
+    weights = ((gauss - low) + np.float32(eps)) / denominator * np.float32(alpha)
+    weights.setflags(write=False)
+    return weights
+
+
+def _released_weights(cells: list[list[int]], grid_h: int, grid_w: int, alpha: float, sigma: float,
+                      eps: float) -> torch.Tensor:
+    """``(B, grid_h, grid_w)`` float64 holding the released code's float32 values on each ROA."""
+    weights = np.zeros((len(cells), grid_h, grid_w), dtype=np.float32)
+    for index, (r0, r1, c0, c1) in enumerate(cells):
+        weights[index, r0:r1 + 1, c0:c1 + 1] = released_roa_gaussian(r1 - r0 + 1, c1 - c0 + 1, float(alpha),
+                                                                      float(sigma), float(eps))
+    return torch.from_numpy(weights).double()
 
 
 def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> torch.Tensor:
@@ -155,14 +199,14 @@ def foveal_attention_bias(
     sigma: float = DEFAULT_SIGMA,
     eps: float = DEFAULT_EPS,
     formulation: str = "cls",
-    cell_rule: str = "overlap",
+    cell_rule: str = "released",
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """FALIP's additive attention bias ``(B, N+1, N+1)`` for ``B`` boxes (xyxy, model-input pixels).
 
     ``N = (H // patch_size) * (W // patch_size)`` patch tokens plus ``[CLS]`` at index 0. Computed in
-    float64 (the released code uses float32 numpy; the two differ by < 1e-4 * alpha) and returned in
-    ``dtype``. See :func:`foveal_token_weights` for the Gaussian and its ``eps`` and
+    float64 with ``cell_rule="overlap"``, in the released code's float32 arithmetic (bit for bit) with
+    ``cell_rule="released"`` (they differ by up to ~1.5e-4 * alpha at sigma 100), returned in ``dtype``. See :func:`foveal_token_weights` for the Gaussian and its ``eps`` and
     :func:`roa_cells` for which cells a box covers.
     """
     weights = foveal_token_weights(

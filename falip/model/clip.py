@@ -8,6 +8,7 @@ the call is ``CLIPModel.get_image_features`` itself, so it is plain CLIP bit for
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -19,11 +20,17 @@ from torch import nn
 
 from ..errors import FalipError
 from ..geometry import ResizeGeometry
+from .bias import DEFAULT_ALPHA
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 
 BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
+
+
+def _autograd(requires_grad: bool):
+    """Inference mode (no autograd record, less memory) unless gradients are asked for."""
+    return contextlib.nullcontext() if requires_grad else torch.inference_mode()
 
 
 class CheckpointNotFoundError(FalipError, OSError):
@@ -178,6 +185,13 @@ class FoveatedCLIP(nn.Module):
         return self.clip.visual_projection.weight.dtype
 
     @property
+    def foveal_alpha(self) -> float:
+        """This checkpoint's default foveal alpha: ``foveal_alpha`` in its config.json if it has one (the
+        sandbox CLIP: 8.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
+        value = getattr(self.clip.config, "foveal_alpha", None)
+        return float(value) if value is not None else DEFAULT_ALPHA
+
+    @property
     def logit_scale(self) -> float:
         return float(self.clip.logit_scale.detach().float().exp())
 
@@ -232,8 +246,10 @@ class FoveatedCLIP(nn.Module):
         attention_bias: torch.Tensor | None = None,
         bias_layers: Sequence[int] | None = None,
         image_index: torch.Tensor | Sequence[int] | None = None,
+        requires_grad: bool = False,
     ) -> torch.Tensor:
-        """L2-normalised projected image embeddings ``(B, D)``.
+        """L2-normalised projected image embeddings ``(B, D)``, computed under ``torch.inference_mode``
+        unless ``requires_grad=True`` (then autograd records the call, e.g. for attribution maps).
 
         ``attention_bias`` ``(B, T, T)`` (or ``(T, T)``, or per head ``(B, heads, T, T)``), ``T`` =
         :attr:`num_tokens`, is added to the attention logits of every head in the vision layers
@@ -247,6 +263,11 @@ class FoveatedCLIP(nn.Module):
         region). Only the rounding of the batched matrix products can differ from passing the
         expanded pixels.
         """
+        with _autograd(requires_grad):
+            return self._encode_image(pixel_values, attention_bias, bias_layers, image_index)
+
+    def _encode_image(self, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None,
+                      bias_layers: Sequence[int] | None, image_index) -> torch.Tensor:
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         index = self._image_index(image_index, pixel_values.shape[0])
         rows = pixel_values.shape[0] if index is None else index.shape[0]
@@ -283,8 +304,13 @@ class FoveatedCLIP(nn.Module):
         return index.to(self.device)
 
     # ------------------------------------------------------------------ text
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-        """L2-normalised projected text embeddings ``(T, D)`` (truncated to the model's context)."""
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, requires_grad: bool = False) -> torch.Tensor:
+        """L2-normalised projected text embeddings ``(T, D)`` (truncated to the model's context), under
+        ``torch.inference_mode`` unless ``requires_grad=True``."""
+        with _autograd(requires_grad):
+            return self._encode_text(texts, batch_size)
+
+    def _encode_text(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         if self.tokenizer is None:
             raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
         if isinstance(texts, str):

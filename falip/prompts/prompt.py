@@ -4,7 +4,7 @@
 prompt                edits                                bias
 ====================  ===================================  ===============
 Original CLIP         --                                   --
-FALIP                 --                                   FovealBias()
+FALIP                 --                                   FovealBias()  (the released code's setting)
 RedCircle             RedCircle()                          --
 RedCircle+FALIP       RedCircle()                          FovealBias()
 Blur                  BlurOutside()                        --
@@ -17,15 +17,15 @@ Tasks never branch on a prompt's name: they hand (image, boxes, prompt) to the r
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Sequence
 
 import torch
 from PIL import Image
 
 from ..geometry import Box
-from ..model.bias import (CELL_RULES, DEFAULT_ALPHA, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS,
-                          foveal_attention_bias)
+from ..model.bias import CELL_RULES, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS, foveal_attention_bias
+from ..model.clip import FoveatedCLIP
 from .edits import BlurOutside, Crop, Edited, GrayscaleOutside, ImageEdit, RedCircle
 
 # The layers the released FALIP code biases: the last 4 (of ViT-B/16's 12).
@@ -34,19 +34,23 @@ RELEASED_LAYERS = (-4, -3, -2, -1)
 
 @dataclass(frozen=True)
 class FovealBias:
-    """FALIP's foveal attention bias, as configured data.
+    """FALIP's foveal attention bias, as configured data. The defaults are the released code's setting.
 
-    ``layers``: vision layers that get the bias (negative = from the end; ``None`` = all). The
-    released FALIP code biases the last 4 of ViT-B/16's 12 layers, the paper text says "the MSA
-    module" (read: all layers) -- both are a config value. ``cell_rule``: see :func:`falip.model.bias.roa_cells`.
+    ``alpha``: the bias at the ROA centre; ``None`` = the model's own (:attr:`FoveatedCLIP.foveal_alpha`:
+    0.2, the paper's value, for OpenAI checkpoints; 8.0 for the sandbox CLIP). ``layers``: vision
+    layers that get the bias (negative = from the end; ``None`` = all). The released FALIP code
+    biases the last 4 of ViT-B/16's 12 layers, the paper text says "the MSA module" (read: all
+    layers) -- both are a config value. ``cell_rule``: ``released`` = the released code's token
+    cells and float32 arithmetic, bit for bit; ``overlap`` = the cells a box overlaps, exact float64
+    (:func:`falip.model.bias.roa_cells`).
     """
 
     name: ClassVar[str] = "foveal"
-    alpha: float = DEFAULT_ALPHA
+    alpha: float | None = None
     sigma: float = DEFAULT_SIGMA
     formulation: str = "cls"
     layers: tuple[int, ...] | None = RELEASED_LAYERS
-    cell_rule: str = "overlap"
+    cell_rule: str = "released"
     eps: float = DEFAULT_EPS
 
     def __post_init__(self) -> None:
@@ -57,8 +61,15 @@ class FovealBias:
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(int(layer) for layer in self.layers))
 
+    def for_model(self, model: FoveatedCLIP) -> "FovealBias":
+        """This bias with ``alpha=None`` replaced by the model's :attr:`~FoveatedCLIP.foveal_alpha`."""
+        return self if self.alpha is not None else replace(self, alpha=model.foveal_alpha)
+
     def build(self, input_boxes: Sequence[Box], image_size: int, patch_size: int) -> torch.Tensor:
-        """``(K, T, T)`` float32 bias for K boxes given in model-input pixels."""
+        """``(K, T, T)`` float32 bias for K boxes given in model-input pixels (``alpha`` must be set:
+        :meth:`for_model`)."""
+        if self.alpha is None:
+            raise ValueError("this FovealBias takes its alpha from the model: build the bias of bias.for_model(model)")
         return foveal_attention_bias(list(input_boxes), image_size, patch_size, alpha=self.alpha, sigma=self.sigma,
                                      eps=self.eps, formulation=self.formulation, cell_rule=self.cell_rule)
 

@@ -148,10 +148,18 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
     return model, tokenizer, history
 
 
-def save_sandbox_model(model: CLIPModel, tokenizer, out_dir: str | Path, train: TrainConfig, history: list[dict]) -> Path:
-    """A complete HF directory: config, safetensors weights, tokenizer, preprocessor config, training log."""
+# The shipped model's foveal alpha, chosen on held-out scenes (MODEL_CARD.md's sweep), saved in its
+# config.json so that the Python API uses it; configs/model/sandbox.yaml states the same value.
+SANDBOX_FOVEAL_ALPHA = 8.0
+
+
+def save_sandbox_model(model: CLIPModel, tokenizer, out_dir: str | Path, train: TrainConfig, history: list[dict],
+                       foveal_alpha: float = SANDBOX_FOVEAL_ALPHA) -> Path:
+    """A complete HF directory: config (with the model's ``foveal_alpha``), safetensors weights, tokenizer,
+    preprocessor config, training log."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    model.config.foveal_alpha = float(foveal_alpha)  # read back by FoveatedCLIP.foveal_alpha
     model.save_pretrained(out_dir, safe_serialization=True)
     tokenizer.save_pretrained(out_dir)
     (out_dir / "preprocessor_config.json").write_text(json.dumps({

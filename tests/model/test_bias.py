@@ -1,11 +1,12 @@
 """The foveal bias against the formula written out by hand, cell by cell."""
 import math
 
+import numpy as np
 import pytest
 import torch
 
 from falip.model.bias import (bias_from_token_weights, foveal_attention_bias, foveal_token_weights,
-                        roa_cells)
+                              released_roa_gaussian, roa_cells)
 
 
 def expected_rn(h, w, alpha=0.2, sigma=100.0, eps=1e-6):
@@ -37,17 +38,18 @@ def check_cls_bias(bias, cells, grid, alpha=0.2, sigma=100.0):
     ((-10.0, -5.0, 40.0, 17.0), (0, 1, 0, 2)),    # negative start clipped to 0
 ])
 def test_cls_bias_matches_formula(box, cells):
-    assert roa_cells(box, 224, 16) == cells
-    bias = foveal_attention_bias(torch.tensor([box]), 224, 16)
+    """The overlap rule computes the formula exactly (float64, cast); the released rule is tested below."""
+    assert roa_cells(box, 224, 16, "overlap") == cells
+    bias = foveal_attention_bias(torch.tensor([box]), 224, 16, cell_rule="overlap")
     assert bias.shape == (1, 197, 197) and bias.dtype == torch.float32
     check_cls_bias(bias[0], cells, 14)
 
 
 def test_one_cell_roa_gets_alpha_and_shape_peaks_at_centre():
-    bias = foveal_attention_bias([(16, 16, 32, 32)], 224, 16, alpha=0.3)
+    bias = foveal_attention_bias([(16, 16, 32, 32)], 224, 16, alpha=0.3, cell_rule="overlap")
     assert bias[0, 0, 1 + 14 + 1].item() == pytest.approx(0.3)
     assert (bias != 0).sum() == 1
-    big = foveal_token_weights([(0, 0, 80, 80)], 224, 16)[0]  # 5x5 ROA
+    big = foveal_token_weights([(0, 0, 80, 80)], 224, 16, cell_rule="overlap")[0]  # 5x5 ROA
     assert big[2, 2] == pytest.approx(0.2) and big[0, 0] < 1e-3 and big[0, 0] > 0
     assert big[1, 2] < big[2, 2] and big[0, 2] < big[1, 2]
 
@@ -58,7 +60,8 @@ def test_sigma_does_not_change_shape_once_large():
     c = foveal_token_weights([(0, 0, 160, 96)], 224, 16, sigma=1.0)
     assert torch.allclose(a, b, atol=2e-4)
     assert not torch.allclose(a, c, atol=1e-2)
-    check_cls_bias(foveal_attention_bias([(0, 0, 160, 96)], 224, 16, sigma=1.0)[0], (0, 5, 0, 9), 14, sigma=1.0)
+    check_cls_bias(foveal_attention_bias([(0, 0, 160, 96)], 224, 16, sigma=1.0, cell_rule="overlap")[0],
+                   (0, 5, 0, 9), 14, sigma=1.0)
 
 
 def test_formulations_place_the_same_weights():
@@ -85,7 +88,7 @@ def test_cell_rules_differ_only_on_patch_boundaries():
 
 
 def test_non_square_grid_and_other_patch_size():
-    bias = foveal_attention_bias([(8, 0, 24, 8)], (16, 32), 8)  # 2 x 4 grid
+    bias = foveal_attention_bias([(8, 0, 24, 8)], (16, 32), 8, cell_rule="overlap")  # 2 x 4 grid
     assert bias.shape == (1, 9, 9)
     assert torch.nonzero(bias[0, 0]).flatten().tolist() == [2, 3]
 
@@ -103,3 +106,47 @@ def test_bad_arguments_raise():
         foveal_attention_bias([(0, 0, 10, 10)], 224, 16, sigma=0)
     with pytest.raises(ValueError, match="cell_rule"):
         roa_cells((0, 0, 10, 10), 224, 16, "touch")
+
+
+def released_gaussian_by_hand(height, width, v=0.2, sigma=100):
+    """The released code's generate_gaussian_mask_region, element by element, with numpy 1.x's promotions
+    written out: float64 per cell, stored float32; float32 array - float32 min + float32(1e-6); the
+    denominator max + 1e-6 - min in float64 (float32 scalar + Python float -> float64 in numpy 1.x),
+    rounded once to float32 by the division; times float32(v)."""
+    mask = np.zeros((height, width), dtype=np.float32)
+    cy, cx = (height - 1) / 2, (width - 1) / 2
+    for x in range(width):
+        for y in range(height):
+            distance = np.sqrt((x - cx) ** 2 + (y - cy) ** 2)
+            mask[y, x] = np.exp(-0.5 * (distance / sigma) ** 2)
+    min_val, max_val = np.min(mask), np.max(mask)
+    denominator = np.float32(float(max_val) + 0.000001 - float(min_val))
+    out = np.empty_like(mask)
+    for y in range(height):
+        for x in range(width):
+            numerator = np.float32(np.float32(mask[y, x] - min_val) + np.float32(0.000001))
+            out[y, x] = np.float32(np.float32(numerator / denominator) * np.float32(v))
+    return out
+
+
+def test_released_rule_reproduces_the_released_float32_values_bit_for_bit():
+    for height in range(1, 15):
+        for width in range(1, 15):
+            expected = released_gaussian_by_hand(height, width)
+            got = released_roa_gaussian(height, width, 0.2, 100.0, 1e-6)
+            assert got.dtype == np.float32 and np.array_equal(got.view(np.uint32), expected.view(np.uint32)), \
+                (height, width)
+            # and through the bias of a box covering exactly those cells of a 224 px, patch-16 input
+            col, row = min(2, 14 - width), min(3, 14 - height)
+            box = [16 * col + 1, 16 * row + 1, 16 * (col + width), 16 * (row + height)]
+            bias = foveal_attention_bias([box], 224, 16, alpha=0.2, cell_rule="released")
+            grid = bias[0, 0, 1:].reshape(14, 14)
+            assert torch.equal(grid[row:row + height, col:col + width], torch.from_numpy(expected))
+            assert int((grid != 0).sum()) == height * width
+
+
+def test_released_and_exact_arithmetic_differ_by_float32_rounding_only():
+    exact = foveal_token_weights([[0, 0, 224, 224]], 224, 16, cell_rule="overlap")[0]
+    released = torch.tensor(released_roa_gaussian(14, 14, 0.2, 100.0, 1e-6), dtype=torch.float64)
+    gap = (exact - released).abs().max().item()
+    assert 1e-6 < gap < 2e-4 * 0.2, gap  # float32 rounding magnified by the stretch, not a different formula

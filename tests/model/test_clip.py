@@ -230,3 +230,14 @@ def test_preprocess_matches_a_float64_reference(model):
         got = model.preprocess(image, resize)
         assert got.dtype == torch.float32 and got.is_contiguous()
         np.testing.assert_allclose(got[0].numpy(), expected, atol=2e-6)
+
+
+def test_encoders_record_no_autograd_unless_asked(tiny_clip):
+    pixels = torch.randn(2, 3, 32, 32)
+    bias = foveal_attention_bias([(0, 0, 16, 16)] * 2, 32, 8)
+    for call in (lambda **kw: tiny_clip.encode_image(pixels, **kw), lambda **kw: tiny_clip.encode_image(pixels, bias, **kw),
+                 lambda **kw: tiny_clip.encode_text(["a red circle"], **kw)):
+        plain = call()
+        assert not plain.requires_grad and plain.is_inference()
+        tracked = call(requires_grad=True)
+        assert tracked.requires_grad and torch.equal(tracked.detach(), plain)

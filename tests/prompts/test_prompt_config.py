@@ -48,10 +48,10 @@ def test_bad_specs_name_the_prompt_and_the_fix(specs, match):
 
 
 def test_bias_defaults_live_in_one_place():
-    """config.yaml's foveal section states the library's defaults (alpha and layers come from model/experiment)."""
-    foveal = compose(["model=clip_vit_b16", "experiment=refcoco_rec"])["foveal"]
+    """config.yaml's foveal section states the library's defaults; alpha is the model's (None in the library)."""
+    foveal = compose(["experiment=refcoco_rec"])["foveal"]
     defaults = FovealBias().config()
-    assert foveal["alpha"] == defaults["alpha"] and list(foveal["layers"]) == defaults["layers"]
-    for key in ("sigma", "formulation", "eps"):
+    assert defaults["alpha"] is None and foveal["alpha"] == 0.2  # clip_vit_b16's foveal_alpha
+    assert list(foveal["layers"]) == defaults["layers"]
+    for key in ("sigma", "formulation", "eps", "cell_rule"):
         assert foveal[key] == defaults[key], key
-    assert compose([])["foveal"]["cell_rule"] == defaults["cell_rule"]
