@@ -7,13 +7,14 @@ BIN := $(VENV)/bin
 RUN := $(BIN)/falip-run
 ARGS ?=
 
-.PHONY: help install run test sandbox shapes-rec shapes-cls shapes-ablation refcoco refcocop refcocog rec-table \
+.PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation refcoco refcocop refcocog rec-table \
         rec bench bench-bias bench-rec train-sandbox clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
 	@echo "make test            the test suite (what CI runs)"
-	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation"
+	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation -> results/ (ignored by git)"
+	@echo "make sandbox-reference   re-record the committed results/sandbox/ at the current commit"
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
 	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
 	@echo "make bench           bias-overhead and REC-throughput benchmarks -> results/benchmarks/"
@@ -42,6 +43,9 @@ shapes-cls: install
 shapes-ablation: install
 	$(RUN) experiment=shapes_ablation $(ARGS)
 sandbox: shapes-rec shapes-cls shapes-ablation
+# Re-record the committed sandbox results (results/sandbox/) at the current, committed code.
+sandbox-reference: install
+	for e in shapes_rec shapes_cls shapes_ablation; do $(RUN) experiment=$$e run.output_dir=results/sandbox $(ARGS) || exit 1; done
 
 refcoco: install
 	$(RUN) experiment=refcoco_rec $(ARGS)

@@ -1,11 +1,14 @@
 """``falip-run``: the Hydra entry point. ``falip-run experiment=<name> [key=value ...]``; ``--help`` lists groups."""
 from __future__ import annotations
 
+import os
 import sys
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
+from .errors import FalipError
 from .experiments.runner import run_experiment
 from .io import cache_root
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
@@ -20,10 +23,29 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("falip_cache", lambda: str(cache_root()))
 
 
+def _fail(message: str, code: int) -> None:
+    """Print a user error as one line (no traceback; HYDRA_FULL_ERROR=1 re-raises instead) and exit."""
+    first, _, rest = message.partition("\n")
+    print(f"falip-run: error: {first}" + (f"\n{rest}" if rest else ""), file=sys.stderr)
+    print("(HYDRA_FULL_ERROR=1 shows the traceback; falip-run --help lists the options)", file=sys.stderr)
+    sys.exit(code)
+
+
 @hydra.main(version_base="1.3", config_path="configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
-    config = OmegaConf.to_container(cfg, resolve=True)
-    record = run_experiment(config)
+    full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
+    try:
+        config = OmegaConf.to_container(cfg, resolve=True)
+        record = run_experiment(config)
+    except (FalipError, OmegaConfBaseException) as error:
+        if full_error:
+            raise
+        _fail(str(error), 2)
+    except KeyboardInterrupt as error:
+        if full_error:
+            raise
+        _fail(f"interrupted ({error or 'Ctrl-C'}): finished splits and items are kept; rerun the same command "
+              f"with run.resume=true to continue", 130)
     if record is not None:
         table = record.table()
         print(f"\n{config['experiment_name']}: accuracy (%) -- rows: prompts, columns: splits")

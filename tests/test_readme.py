@@ -18,3 +18,14 @@ def test_readme_python_example_runs(tmp_path, monkeypatch):
     namespace: dict = {}
     exec(block.replace('"openai/clip-vit-base-patch16"', repr(str(SANDBOX_MODEL_DIR))), namespace)
     assert namespace["regions"].shape == (2, 128) and namespace["best_box"] in namespace["boxes"]
+
+
+def test_readme_table_is_the_committed_sandbox_table():
+    import pandas as pd
+
+    block = re.search(r"committed copy is `results/sandbox/shapes_rec.csv`:\s+```\n(.*?)```", README.read_text(), re.S)
+    rows = [line.rsplit(maxsplit=3) for line in block.group(1).strip().splitlines()[1:]]
+    committed = pd.read_csv(README.parent / "results" / "sandbox" / "shapes_rec.csv", index_col=0)
+    assert [row[0].strip() for row in rows] == list(committed.index)
+    for name, *values in rows:
+        assert [float(v) for v in values] == committed.loc[name.strip()].tolist(), name

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Hashable, Iterator, Sequence
 
 import torch
@@ -28,6 +28,26 @@ from ..geometry import Box, clip_box_to_image
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
 from ..prompts.prompt import VisualPrompt
+
+
+@dataclass
+class EncodingCounts:
+    """What encoding a dataset cost and met: filled in by :func:`encode_items`.
+
+    ``image_forwards``: forward rows (region embeddings) per prompt; ``unbiased_layer_rows``: image
+    rows through the layers before the first biased one, per prompt (fewer than ``image_forwards``
+    when regions share their image's pixels); ``clipped_boxes``: boxes partly outside their image,
+    clipped to it (counted once per box, not per prompt).
+    """
+
+    image_forwards: dict[str, int] = field(default_factory=dict)
+    unbiased_layer_rows: dict[str, int] = field(default_factory=dict)
+    clipped_boxes: int = 0
+
+
+def count_clipped(boxes: Sequence[Box], width: int, height: int) -> int:
+    """How many of ``boxes`` stick out of a ``width x height`` image (usable boxes only)."""
+    return sum(clip_box_to_image(box, width, height) != tuple(float(v) for v in box) for box in boxes)
 
 
 @dataclass
@@ -194,24 +214,25 @@ class _PreparedItems(Dataset):
     def __len__(self) -> int:
         return len(self.items)
 
-    def __getitem__(self, index: int) -> tuple[int, dict[str, RegionInputs] | str]:
+    def __getitem__(self, index: int) -> tuple[int, dict[str, RegionInputs] | str, int]:
+        """``(index, {prompt name: inputs}, clipped boxes)``, or ``(index, reason, 0)`` for an unusable item."""
         item = self.items[index]
         where = getattr(item, "image_path", f"item {index}")
         try:
             image = item.load_image()
         except (OSError, UnidentifiedImageError, ValueError) as error:
-            return index, f"cannot read image {where}: {type(error).__name__}: {error}"
+            return index, f"cannot read image {where}: {type(error).__name__}: {error}", 0
         width, height = getattr(item, "width", None), getattr(item, "height", None)
         if width and height and (image.width, image.height) != (width, height):
-            return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}"
+            return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}", 0
         try:
             prepared = {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt, self.resize)
                         for prompt in self.prompts}
         except ValueError as error:  # BoxError is a ValueError
-            return index, f"image {where}: {error}"
+            return index, f"image {where}: {error}", 0
         if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
             prepared = {name: replace(inputs, pixels=inputs.pixels.numpy()) for name, inputs in prepared.items()}
-        return index, prepared
+        return index, prepared, count_clipped(self.boxes[index], image.width, image.height)
 
 
 def _identity(item):
@@ -221,17 +242,14 @@ def _identity(item):
 def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
                  prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
                  num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
-                 image_forwards: dict[str, int] | None = None,
-                 unbiased_layer_rows: dict[str, int] | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
+                 counts: EncodingCounts | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
     ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
     ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
-    ``image_forwards`` (if given) receives the number of forward rows (region embeddings) per prompt,
-    ``unbiased_layer_rows`` the number of image rows that went through the layers before the first biased
-    one (fewer than ``image_forwards`` when regions share their image's pixels). With ``num_workers``
+    ``counts`` (if given) receives what the encoding cost (:class:`EncodingCounts`). With ``num_workers``
     dataloader workers, ``prefetch_images`` (in all) are prepared ahead: at least the images of one
     batch, so that the model never waits for the next one while workers have a core to run on.
     """
@@ -253,18 +271,21 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
             if len(waiting[index]) == len(names):
                 yield index, waiting.pop(index)
 
-    for index, prepared in tqdm(loader, total=len(items), desc=desc, unit="img", disable=not progress, leave=False):
+    clipped = 0
+    for index, prepared, clipped_here in tqdm(loader, total=len(items), desc=desc, unit="img", disable=not progress,
+                                              leave=False):
         if isinstance(prepared, str):
             yield index, prepared
             continue
+        clipped += clipped_here
         for name, inputs in prepared.items():
             if not isinstance(inputs.pixels, torch.Tensor):  # from a dataloader worker
                 inputs.pixels = torch.from_numpy(inputs.pixels)
             yield from collect(name, encoders[name].add(index, inputs))
     for name, encoder in encoders.items():
         yield from collect(name, encoder.flush())
-    if image_forwards is not None:
-        image_forwards.update({name: encoder.image_forwards for name, encoder in encoders.items()})
-    if unbiased_layer_rows is not None:
-        unbiased_layer_rows.update({name: encoder.unbiased_layer_rows for name, encoder in encoders.items()})
+    if counts is not None:
+        counts.image_forwards.update({name: encoder.image_forwards for name, encoder in encoders.items()})
+        counts.unbiased_layer_rows.update({name: encoder.unbiased_layer_rows for name, encoder in encoders.items()})
+        counts.clipped_boxes += clipped
     assert not waiting, "every prepared item must have been encoded under every prompt"

@@ -1,6 +1,7 @@
 """What a result needs to be trusted later: code version, environment, model fingerprint, timings."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import platform
 import subprocess
@@ -24,6 +25,21 @@ def git_state(path: str | Path | None = None) -> dict[str, str | bool | None]:
         return {"git_sha": sha, "git_dirty": dirty}
     except (OSError, subprocess.SubprocessError):
         return {"git_sha": None, "git_dirty": None}
+
+
+_PACKAGE = Path(__file__).resolve().parents[1]
+
+
+@functools.lru_cache(maxsize=1)
+def code_fingerprint() -> str:
+    """sha256 over the package's source and configs (``falip/**/*.py``, ``falip/**/*.yaml``): changes
+    with any edit of the code that computes the numbers, committed or not."""
+    digest = hashlib.sha256()
+    for path in sorted(p for pattern in ("*.py", "*.yaml") for p in _PACKAGE.rglob(pattern)):
+        if "__pycache__" in path.parts:
+            continue
+        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def environment() -> dict[str, str]:

@@ -18,16 +18,24 @@ from typing import Any, Mapping, Sequence
 
 from ..io import write_json
 from ..model.clip import FoveatedCLIP
-from .provenance import environment, git_state, utc_now, weights_fingerprint
+from .provenance import code_fingerprint, environment, git_state, utc_now, weights_fingerprint
 from .tables import accuracy_table, write_csv
 
 # Run options that change how a run goes, not what it computes: left out of the config hash.
-NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions", "batch_size"}
+NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions",
+                         "batch_size", "device"}
+# Where the model comes from does not change the numbers; its weights do (hashed instead).
+MODEL_LOCATION_KEYS = {"name", "path"}
 
 
-def config_hash(config: Mapping[str, Any]) -> str:
+def config_hash(config: Mapping[str, Any], weights_sha256: str | None = None, code: str | None = None) -> str:
+    """A short hash of what determines a run's numbers: the resolved config without the keys that only
+    say how the run goes or where things lie (``run.output_dir``, ``model.path`` ...), plus the model's
+    weights hash and the code's fingerprint. Resume reuses a split only under the same hash."""
     semantic = dict(config)
     semantic["run"] = {k: v for k, v in dict(config.get("run", {})).items() if k not in NON_SEMANTIC_RUN_KEYS}
+    semantic["model"] = {k: v for k, v in dict(config.get("model", {})).items() if k not in MODEL_LOCATION_KEYS}
+    semantic["_determined_by"] = {"weights_sha256": weights_sha256, "code": code}
     return hashlib.sha256(json.dumps(semantic, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -53,12 +61,13 @@ class ExperimentRecord:
         self.csv_path = self.output_dir / f"{name}.csv"
         self.json_path = self.output_dir / f"{name}.json"
         self.work_dir = self.output_dir / name
-        self.hash = config_hash(self.config)
+        self.model_info = describe_model(model) if model is not None else None
+        self.code = {**git_state(), "fingerprint": code_fingerprint(), "falip": environment()["falip"]}  # before any write
+        self.hash = config_hash(self.config, (self.model_info or {}).get("weights_sha256"), self.code["fingerprint"])
         self.resume = resume
         self.columns: dict[str, dict[str, float]] = {}   # table column -> prompt -> value
         self.splits: dict[str, dict] = {}                # split -> its details (sidecar "columns")
         self._started, self._clock = utc_now(), time.perf_counter()
-        self.model_info = describe_model(model) if model is not None else None
         self.extra: dict[str, Any] = {}
 
     def split_path(self, split: str) -> Path:
@@ -98,8 +107,10 @@ class ExperimentRecord:
         self._save("complete")
 
     def fail(self, error: BaseException) -> None:
+        """Status ``interrupted`` for Ctrl-C / SIGTERM (finished splits and items are kept for resume),
+        ``failed`` with the error otherwise."""
         self.extra["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
-        self._save("failed")
+        self._save("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
 
     def _save(self, status: str) -> None:
         if self.columns:
@@ -112,7 +123,7 @@ class ExperimentRecord:
             "model": self.model_info, "table": self.columns, "columns": self.splits,
             "counts": {"image_forwards": forwards,
                        "total_image_forwards": sum(sum(v.values()) for v in forwards.values() if v)},
-            "code": {**git_state(), "falip": environment()["falip"]}, "environment": environment(),
+            "code": self.code, "environment": environment(),
             **self.extra,
         }
         write_json(self.json_path, payload)

@@ -7,47 +7,84 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
+from typing import Any, Mapping
 
 import pandas as pd
 
+from ..errors import DatasetError
 from ..io import write_json
 from .provenance import environment, git_state, utc_now
-from .tables import combine_with_paper, paper_table, read_table, write_csv
+from .tables import combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
+
+
+# The backbone the paper's numbers were measured with (its tables' reference rows).
+PAPER_BACKBONE = {"name": "openai/clip-vit-base-patch16", "image_size": 224, "patch_size": 16, "vision_layers": 12}
+
+
+def model_label(meta: Mapping[str, Any]) -> str:
+    """How a table names the model of a finished run: its configured name and its weights hash."""
+    model, info = (meta.get("config") or {}).get("model") or {}, meta.get("model") or {}
+    name = model.get("name") or info.get("source") or "unknown model"
+    weights = info.get("weights_sha256")
+    return f"{name} [weights {weights[:8]}]" if weights else name
+
+
+def is_paper_backbone(meta: Mapping[str, Any]) -> bool:
+    """The run used OpenAI's ViT-B/16 (by the model config's name and the vision tower's geometry)."""
+    model, info = (meta.get("config") or {}).get("model") or {}, meta.get("model") or {}
+    return model.get("name") == PAPER_BACKBONE["name"] and all(
+        info.get(key) == value for key, value in PAPER_BACKBONE.items() if key != "name")
 
 
 def build_paper_table(config: dict) -> pd.DataFrame:
-    """The table ``config['task']`` lays out, from finished runs in ``run.output_dir``; written and printed."""
+    """The table ``config['task']`` lays out, from finished runs in ``run.output_dir``; written and printed.
+
+    Measured rows name the model(s) they were measured with; when that is not the paper's backbone a
+    warning says so (on the console and in the sidecar), since the paper's rows are then no reference.
+    """
     task, output_dir = config["task"], Path(config["run"]["output_dir"])
-    columns, sources = {}, {}
+    columns, sources, warnings = {}, {}, []
     for column, (experiment, source_column) in task["columns"].items():
         path = output_dir / f"{experiment}.csv"
         if not path.is_file():
-            raise FileNotFoundError(f"{path} not found: run `falip-run experiment={experiment}` first "
-                                    f"(same run.output_dir), then build this table")
+            raise DatasetError(f"{path} not found: run `falip-run experiment={experiment}` first "
+                               f"(same run.output_dir), then build this table")
         frame = read_table(path)
         if source_column not in frame.columns:
-            raise KeyError(f"{path} has no column {source_column!r} (columns: {list(frame.columns)})")
+            raise DatasetError(f"{path} has no column {source_column!r} (columns: {list(frame.columns)})")
         columns[column] = frame[source_column]
         sidecar = output_dir / f"{experiment}.json"
         meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
         sources[column] = {"csv": str(path), "column": source_column, "status": meta.get("status"),
-                           "config_hash": meta.get("config_hash"), "model": (meta.get("model") or {}).get("source"),
+                           "config_hash": meta.get("config_hash"), "model": model_label(meta),
                            "weights_sha256": (meta.get("model") or {}).get("weights_sha256")}
+        if task.get("paper_csv") and not is_paper_backbone(meta):
+            warnings.append(f"{column} ({experiment}) was measured with {model_label(meta)}, not the paper's "
+                            f"{PAPER_BACKBONE['name']}: the [paper] rows are no reference for it")
     rows = list(dict.fromkeys(row for series in columns.values() for row in series.index))
     measured = pd.DataFrame({name: series.reindex(rows) for name, series in columns.items()})
     if task.get("average"):
         measured[task["average"]] = measured.mean(axis=1, skipna=False)
     measured.index.name = "prompt"
-    table = combine_with_paper(measured, paper_table(task["paper_csv"])) if task.get("paper_csv") else measured
+    models = " + ".join(dict.fromkeys(source["model"] for source in sources.values()))
+    if task.get("paper_csv"):
+        table = combine_with_paper(measured, paper_table(task["paper_csv"]), measured_model=models,
+                                   paper_model=f"{PAPER_BACKBONE['name']} (paper)")
+    else:
+        table = measured
     name = config["experiment_name"]
     path = write_csv(table, output_dir / f"{name}.csv", decimals=1)
     write_json(output_dir / f"{name}.json", {
-        "experiment": name, "status": "complete", "updated": utc_now(), "config": config, "sources": sources,
-        "paper_reference": task.get("paper_csv"),
+        "experiment": name, "status": "complete", "updated": utc_now(), "task": task,
+        "output_dir": str(output_dir), "sources": sources, "warnings": warnings,
+        "paper_reference": str(paper_reference_path(task["paper_csv"])) if task.get("paper_csv") else None,
         "average": f"{task.get('average')} = mean of {list(columns)} (rows with all of them)" if task.get("average") else None,
         "code": {**git_state(), "falip": environment()["falip"]}})
     print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.1f}"))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"\nwrote {path}")
     return table
 

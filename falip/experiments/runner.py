@@ -7,9 +7,12 @@ limits, resume, progress and counters live here, once, for every task.
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
@@ -17,9 +20,10 @@ from typing import Any, Mapping, Sequence
 import torch
 
 from ..data.registry import check_dataset, load_dataset_split
-from ..encoding.regions import encode_items
+from ..encoding.regions import EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
+from ..io import atomic_write_text
 from ..model.clip import FoveatedCLIP
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
@@ -28,6 +32,7 @@ from ..tasks.base import Line, Task
 from .generated import materialize
 from .record import ExperimentRecord
 from .reports import REPORTS
+from .settings import check_run_settings
 
 
 @dataclass(frozen=True)
@@ -50,7 +55,7 @@ class LoopOptions:
 
 @dataclass
 class SplitResult:
-    """One evaluated split: its lines, metrics, counters and what it cost."""
+    """One evaluated split: its lines (in item order), metrics, counters and what it cost."""
 
     split: str
     lines: list[Line]
@@ -61,6 +66,8 @@ class SplitResult:
     skipped: list[dict]
     wall_time_s: float
     notes: list[str] = field(default_factory=list)
+    clipped_boxes: int = 0
+    resumed_items: int = 0
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -75,8 +82,56 @@ class SplitResult:
         return {"split": self.split, **self.description, "num_lines": len(self.lines), "metrics": self.metrics,
                 "correct": self.correct, "image_forwards": self.image_forwards,
                 "unbiased_layer_rows": self.unbiased_layer_rows, "skipped": self.skipped,
-                "num_skipped_lines": sum(s["lines"] for s in self.skipped),
-                "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes}
+                "num_skipped_lines": sum(s["lines"] for s in self.skipped), "clipped_boxes": self.clipped_boxes,
+                "resumed_items": self.resumed_items, "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes}
+
+    def console_summary(self, unit: str) -> str | None:
+        """One line on what was skipped or clipped (None when nothing was)."""
+        parts = []
+        if self.skipped:
+            lines = sum(s["lines"] for s in self.skipped)
+            parts.append(f"{len(self.skipped)} item(s) skipped ({lines} {unit}s counted wrong)")
+        if self.clipped_boxes:
+            parts.append(f"{self.clipped_boxes} box(es) partly outside their image clipped to it")
+        if self.resumed_items:
+            parts.append(f"{self.resumed_items} item(s) reused from the interrupted run")
+        return f"{self.split}: " + "; ".join(parts) if parts else None
+
+
+@dataclass(frozen=True)
+class PredictionsFile:
+    """Where a split's per-unit lines go: appended item by item to ``<path>.partial`` (flushed, so an
+    interrupted run keeps them), then written to ``path`` at once, in item order, when the split ends.
+    With ``resume``, items already in a partial file written under the same ``token`` (the config hash)
+    are reused, not recomputed."""
+
+    path: Path
+    token: str = ""
+    resume: bool = False
+
+    @property
+    def partial(self) -> Path:
+        return self.path.with_name(self.path.name + ".partial")
+
+    def finished_items(self) -> dict[int, dict]:
+        """``{item index: {"lines": [...], "skip": {...} | None}}`` from a resumable partial file."""
+        if not (self.resume and self.partial.is_file()):
+            return {}
+        rows = self.partial.read_text().splitlines()
+        try:
+            header = json.loads(rows[0]) if rows else {}
+        except json.JSONDecodeError:
+            return {}
+        if header.get("token") != self.token:
+            return {}
+        finished = {}
+        for row in rows[1:]:
+            try:
+                entry = json.loads(row)
+            except json.JSONDecodeError:  # the line being written when the run was killed
+                break
+            finished[int(entry["item"])] = entry
+        return finished
 
 
 def _image_available(item) -> bool:
@@ -84,16 +139,19 @@ def _image_available(item) -> bool:
 
 
 def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[VisualPrompt], texts: TextCache,
-                   options: LoopOptions = LoopOptions(), predictions_path: Path | None = None,
+                   options: LoopOptions = LoopOptions(), predictions: PredictionsFile | Path | None = None,
                    desc: str = "") -> SplitResult:
-    """Score every unit of ``split`` under every prompt; per-unit lines go to ``predictions_path`` as they come.
+    """Score every unit of ``split`` under every prompt; per-unit lines go to ``predictions`` (see
+    :class:`PredictionsFile`; a plain path = no resume).
 
     An unusable item (missing or corrupt image, size mismatch, bad box) stops the run with a
     :class:`DatasetError`, or with ``options.skip_bad_samples`` becomes a recorded skip whose lines count
     as wrong. Missing image files are all reported before any forward.
     """
     started = time.perf_counter()
-    items, names = task.items(split), [prompt.name for prompt in prompts]
+    if isinstance(predictions, (str, Path)):
+        predictions = PredictionsFile(Path(predictions))
+    items, regions, names = task.items(split), task.regions(split), [prompt.name for prompt in prompts]
     description = task.describe(split)
     where = f"{getattr(split, 'dataset', '?')} {getattr(split, 'split', '')}".strip()
     if not items or not any(task.lines(split, index) for index in range(len(items))):
@@ -105,33 +163,51 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
                            f"Check dataset.root / dataset.image_dir, or set run.skip_bad_samples=true to count "
                            f"their {task.unit}s as wrong.")
     context = task.prepare(split, texts, model.logit_scale)
-    lines: list[Line] = []
-    skipped: list[dict] = []
-    image_forwards: dict[str, int] = {}
-    unbiased_layer_rows: dict[str, int] = {}
-    with open(predictions_path, "w") if predictions_path else nullcontext() as handle:
-        for index, outcome in encode_items(
-                model, items, task.regions(split), prompts, resize=task.resize, batch_size=options.batch_size,
-                num_workers=options.num_workers, prefetch_images=options.prefetch_images,
-                progress=options.progress, desc=desc or where, image_forwards=image_forwards,
-                unbiased_layer_rows=unbiased_layer_rows):
+    finished = predictions.finished_items() if predictions else {}
+    by_item: dict[int, list[Line]] = {index: entry["lines"] for index, entry in finished.items()}
+    skipped: dict[int, dict] = {index: entry["skip"] for index, entry in finished.items() if entry.get("skip")}
+    todo = [index for index in range(len(items)) if index not in finished]
+    counts = EncodingCounts()
+    handle = None
+    if predictions:
+        predictions.path.parent.mkdir(parents=True, exist_ok=True)
+        handle = open(predictions.partial, "a" if finished else "w")
+        if not finished:
+            handle.write(json.dumps({"token": predictions.token, "split": getattr(split, "split", "")}) + "\n")
+    try:
+        for position, outcome in encode_items(
+                model, [items[index] for index in todo], [regions[index] for index in todo], prompts,
+                resize=task.resize, batch_size=options.batch_size, num_workers=options.num_workers,
+                prefetch_images=options.prefetch_images, progress=options.progress, desc=desc or where,
+                counts=counts):
+            index, skip = todo[position], None
             if isinstance(outcome, str):
                 if not options.skip_bad_samples:
                     raise DatasetError(outcome + f" (set run.skip_bad_samples=true to record a skip and count "
                                                  f"its {task.unit}s as wrong)")
                 new = [{**line, "skipped": outcome, "correct": {name: 0 for name in names}}
                        for line in task.lines(split, index)]
-                skipped.append({**task.item_key(split, index), "reason": outcome, "lines": len(new)})
+                skip = skipped[index] = {**task.item_key(split, index), "reason": outcome, "lines": len(new)}
             else:
                 new = task.score(split, index, {name: outcome[name] for name in names}, context)
-            lines.extend(new)
+            by_item[index] = new
             if handle:
-                handle.write("".join(json.dumps(line, default=str) + "\n" for line in new))
+                handle.write(json.dumps({"item": index, "lines": new, "skip": skip}, default=str) + "\n")
+                handle.flush()
+    finally:
+        if handle:
+            handle.close()
+    lines = [line for index in sorted(by_item) for line in by_item[index]]
+    if predictions:
+        atomic_write_text(predictions.path, "".join(json.dumps(line, default=str) + "\n" for line in lines))
+        predictions.partial.unlink()
     return SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(lines, names),
-                       description=description, image_forwards=image_forwards,
-                       unbiased_layer_rows=unbiased_layer_rows, skipped=skipped,
+                       description=description, image_forwards=counts.image_forwards,
+                       unbiased_layer_rows=counts.unbiased_layer_rows,
+                       skipped=[skipped[index] for index in sorted(skipped)],
                        wall_time_s=time.perf_counter() - started,
-                       notes=list(getattr(split, "notes", [])) + task.notes(context))
+                       notes=list(getattr(split, "notes", [])) + task.notes(context),
+                       clipped_boxes=counts.clipped_boxes, resumed_items=len(finished))
 
 
 def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> FoveatedCLIP:
@@ -144,41 +220,79 @@ def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> Fove
                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
 
 
+class RunInterrupted(KeyboardInterrupt):
+    """SIGTERM (e.g. a cluster's time limit), handled like Ctrl-C: the record says ``interrupted``."""
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts():
+    """Within the block, SIGTERM raises :class:`RunInterrupted` in the main thread (as Ctrl-C raises
+    KeyboardInterrupt), so that finished work is recorded; the previous handler is restored after."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise RunInterrupted(f"stopped by signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def load_splits(task: Task, dataset: Mapping[str, Any], limit: int | None) -> dict[str, Any]:
+    """Every configured split, read and limited before the model loads (a bad or empty split fails fast)."""
+    splits = {}
+    for name in dataset["splits"]:
+        split = load_dataset_split(dataset, name)
+        splits[name] = task.limit(split, int(limit)) if limit else split
+    return splits
+
+
 def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
-    """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report)."""
+    """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report).
+
+    Everything the user can get wrong is checked before the model loads: the run settings, the task,
+    the prompts, the dataset's layout, and every split's content.
+    """
     config = dict(config)
     task_name = config["task"]["name"]
     if task_name in REPORTS:
         REPORTS[task_name](config)
         return None
     if task_name not in TASKS:
-        raise ConfigError(f"unknown task.name {task_name!r}; known: {sorted(TASKS) + sorted(REPORTS)}")
-    task = TASKS[task_name].from_config(config["task"])
+        raise ConfigError(f"task.name={task_name!r} is not a known task; known: {sorted(TASKS) + sorted(REPORTS)}")
     run = config["run"]
+    check_run_settings(run)
+    task = TASKS[task_name].from_config(config["task"])
     torch.manual_seed(int(run.get("seed", 0)))
     prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
     if not prompts:
         raise ConfigError("the experiment has no prompts: set prompts=<group> or prompts.<name>={...}")
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
+    splits = load_splits(task, dataset, run.get("limit"))
     model = load_model(config["model"], run)
     record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
                               [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")))
-    options, texts, limit = LoopOptions.from_config(run), TextCache(model), run.get("limit")
+    options, texts = LoopOptions.from_config(run), TextCache(model)
     try:
-        with torch.inference_mode():
-            for split_name in dataset["splits"]:
+        with _sigterm_interrupts(), torch.inference_mode():
+            for split_name, split in splits.items():
                 if record.cached(split_name):
                     print(f"[falip] {split_name}: reusing the finished split from {record.split_path(split_name)}")
                     continue
-                split = load_dataset_split(dataset, split_name)
-                if limit:
-                    split = task.limit(split, int(limit))
-                predictions = record.predictions_path(split_name) if run.get("save_predictions", True) else None
+                predictions = (PredictionsFile(record.predictions_path(split_name), record.hash, record.resume)
+                               if run.get("save_predictions", True) else None)
                 result = evaluate_split(model, task, split, prompts, texts, options, predictions)
                 details = {**result.summary(), "text_encoder_distinct_texts": texts.num_encoded,
-                           "predictions": str(predictions) if predictions else None}
+                           "predictions": str(predictions.path) if predictions else None}
                 record.add_split(split_name, task.columns(split_name, result.metrics), details)
+                summary = result.console_summary(task.unit)
+                if summary:
+                    print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)
     except BaseException as error:
         record.fail(error)
         raise

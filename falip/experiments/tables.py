@@ -1,7 +1,8 @@
 """Result tables: one row per prompt, one column per split or setting, accuracy in %.
 
-Paper numbers live only in ``results/paper/*.csv``; combined tables show them as separate rows
-whose ``source`` column says ``paper (reference)``, never mixed into measured rows.
+Paper numbers live only in ``falip/paper/*.csv`` (package data); combined tables show them as
+separate rows whose ``source`` column says ``paper (reference)``, never mixed into measured rows, and
+whose ``model`` column names the backbone each row was measured with.
 """
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
+from ..errors import DatasetError
 from ..io import atomic_write_text
 
 MEASURED = "measured"
@@ -33,21 +35,33 @@ def read_table(path: str | Path) -> pd.DataFrame:
     return pd.read_csv(path, index_col=0)
 
 
-def paper_table(path: str | Path) -> pd.DataFrame:
-    """A paper reference table (``results/paper/<name>.csv``; ``#`` lines are comments citing the source)."""
-    path = Path(path)
+PAPER_DIR = Path(__file__).resolve().parents[1] / "paper"
+
+
+def paper_reference_path(name: str | Path) -> Path:
+    """A paper reference table: an existing path, else ``falip/paper/<name>`` (shipped with the package)."""
+    path = Path(name)
+    return path if path.is_file() else PAPER_DIR / path.name
+
+
+def paper_table(name: str | Path) -> pd.DataFrame:
+    """A paper reference table (``falip/paper/<name>.csv``; ``#`` lines are comments citing the source)."""
+    path = paper_reference_path(name)
     if not path.is_file():
-        raise FileNotFoundError(f"paper reference table {path} not found (run from the repository root, "
-                                f"or point task.paper_csv at it)")
+        raise DatasetError(f"paper reference table {name} not found (shipped: {sorted(p.name for p in PAPER_DIR.glob('*.csv'))}; "
+                           f"task.paper_csv may also be a path)")
     return pd.read_csv(path, index_col=0, comment="#")
 
 
-def combine_with_paper(measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
-    """Measured rows, then the paper's rows, with a ``source`` column saying which is which."""
+def combine_with_paper(measured: pd.DataFrame, paper: pd.DataFrame, measured_model: str = "",
+                       paper_model: str = "") -> pd.DataFrame:
+    """Measured rows, then the paper's rows, with ``source`` (measured / paper) and ``model`` columns."""
     ours = measured.copy()
     ours.insert(0, "source", MEASURED)
+    ours.insert(1, "model", measured_model)
     theirs = paper.reindex(columns=measured.columns).copy()
     theirs.insert(0, "source", PAPER)
+    theirs.insert(1, "model", paper_model)
     theirs.index = [f"{name} [paper]" for name in theirs.index]
     combined = pd.concat([ours, theirs])
     combined.index.name = "prompt"

@@ -57,6 +57,13 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return device
 
 
+def _how_to_fill(folder: str) -> str:
+    return (f"Put a HF CLIP checkpoint in it (config.json, model.safetensors, tokenizer and preprocessor files): "
+            f"on a machine with internet access, `hf download openai/clip-vit-base-patch16 --local-dir {folder}`, "
+            f"or `CLIPModel.from_pretrained(<hub id>).save_pretrained('{folder}')` plus the processor's "
+            f"save_pretrained; or leave model.path unset and name a Hub id with model.name.")
+
+
 def _how_to_get(name: str) -> str:
     return (f"Download it on a machine with internet access with `huggingface-cli download {name}` "
             f"(or `hf download {name}`), which fills the HF cache, or save it with "
@@ -142,18 +149,21 @@ class FoveatedCLIP(nn.Module):
                                               attn_implementation=attn_implementation,
                                               local_files_only=local_files_only)
         except (OSError, ValueError) as error:
-            where = "a local directory without CLIP weights" if Path(name).is_dir() else (
-                "not a local directory, not in the HF cache" + (" (offline)" if local_files_only else
-                                                                ", and not downloadable from here"))
+            if Path(name).is_dir():
+                where, advice = "a local directory without CLIP weights", _how_to_fill(name)
+            else:
+                where = "not a local directory, not in the HF cache" + (
+                    " (offline)" if local_files_only else ", and not downloadable from here")
+                advice = _how_to_get(name)
             raise CheckpointNotFoundError(
-                f"Could not load CLIP checkpoint '{name}': {where}. {_how_to_get(name)} "
+                f"Could not load CLIP checkpoint '{name}': {where}. {advice} "
                 f"[{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}]") from error
         try:
             tokenizer = AutoTokenizer.from_pretrained(name, cache_dir=cache_dir, local_files_only=local_files_only)
         except (OSError, ValueError) as error:
             raise CheckpointNotFoundError(
                 f"CLIP checkpoint '{name}' has weights but no loadable tokenizer ({error}). "
-                f"{_how_to_get(name)}") from error
+                f"{_how_to_fill(name) if Path(name).is_dir() else _how_to_get(name)}") from error
         processor_config = _read_preprocessor_config(name, cache_dir, local_files_only)
         wrapped = cls(model, tokenizer, processor_config, source=name)
         return wrapped.to(resolve_device(device)).eval()

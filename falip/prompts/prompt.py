@@ -54,6 +54,12 @@ class FovealBias:
     eps: float = DEFAULT_EPS
 
     def __post_init__(self) -> None:
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))):
+            raise ValueError(f"bias alpha must be a number (or null = the model's), got {self.alpha!r}")
+        if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or self.sigma <= 0:
+            raise ValueError(f"bias sigma must be a number > 0, got {self.sigma!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)) or self.eps < 0:
+            raise ValueError(f"bias eps must be a number >= 0, got {self.eps!r}")
         if self.formulation not in FORMULATIONS:
             raise ValueError(f"bias formulation must be one of {FORMULATIONS}, got {self.formulation!r}")
         if self.cell_rule not in CELL_RULES:

@@ -19,9 +19,25 @@ from typing import Any, ClassVar, Mapping, Sequence
 import torch
 
 from ..encoding.text import TextCache
-from ..geometry import Box
+from ..errors import ConfigError
+from ..geometry import RESIZE_MODES, Box
 
 Line = dict[str, Any]
+
+
+def check_option(valid: bool, key: str, value: Any, expected: str) -> None:
+    """Raise :class:`ConfigError` naming ``task.<key>`` when ``valid`` is false."""
+    if not valid:
+        raise ConfigError(f"task.{key}={value!r} is not valid: expected {expected}")
+
+
+def check_template(key: str, template: Any) -> None:
+    check_option(isinstance(template, str) and "{}" in template, key, template,
+                 "a text with one {} for the expression / class name")
+
+
+def check_resize(resize: Any) -> None:
+    check_option(resize in RESIZE_MODES, "resize", resize, f"one of {list(RESIZE_MODES)}")
 
 
 class Task(ABC):

@@ -14,7 +14,7 @@ import torch
 from ..data.classification.types import ClassificationSample, ClassificationSplit
 from ..encoding.text import TextCache
 from ..geometry import Box
-from .base import Line, Task
+from .base import Line, Task, check_option, check_resize, check_template
 
 
 @dataclass
@@ -28,7 +28,13 @@ class ClassificationTask(Task):
 
     @classmethod
     def from_config(cls, task_cfg: Mapping[str, Any]) -> "ClassificationTask":
-        return cls(templates=list(task_cfg["templates"]), resize=task_cfg.get("resize", "squash"))
+        templates = task_cfg.get("templates")
+        check_option(isinstance(templates, list) and len(templates) > 0, "templates", templates,
+                     "a non-empty list of texts with {} for the class name")
+        for template in templates:
+            check_template("templates", template)
+        check_resize(task_cfg.get("resize", "squash"))
+        return cls(templates=list(templates), resize=task_cfg.get("resize", "squash"))
 
     def items(self, split: ClassificationSplit) -> list[ClassificationSample]:
         return split.samples

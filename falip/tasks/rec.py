@@ -23,7 +23,7 @@ import torch
 from ..data.rec.types import RecImage, RecSplit
 from ..encoding.text import TextCache
 from ..geometry import Box, iou
-from .base import Line, Task
+from .base import Line, Task, check_option, check_resize, check_template
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,14 @@ class RecTask(Task):
 
     @classmethod
     def from_config(cls, task_cfg: Mapping[str, Any]) -> "RecTask":
+        check_template("text_template", task_cfg.get("text_template", "a photo of {}"))
+        threshold = task_cfg.get("iou_threshold", 0.5)
+        check_option(isinstance(threshold, (int, float)) and 0 < threshold <= 1, "iou_threshold", threshold,
+                     "a number in (0, 1]")
+        check_resize(task_cfg.get("resize", "squash"))
+        subtract = dict(task_cfg.get("subtract") or {})
+        check_option(set(subtract) <= {"enabled", "num_captions", "seed"}, "subtract", subtract,
+                     "keys enabled, num_captions, seed")
         return cls(text_template=task_cfg.get("text_template", "a photo of {}"),
                    iou_threshold=float(task_cfg.get("iou_threshold", 0.5)), resize=task_cfg.get("resize", "squash"),
                    subtract=SubtractOptions(**dict(task_cfg.get("subtract") or {})))

@@ -57,7 +57,8 @@ def test_bad_inputs_through_the_cli(refcoco_root, tmp_path):
             "prompts={FALIP: {bias: '${foveal}'}}"]
     done = falip_run(*args, cwd=tmp_path, check=False)
     assert done.returncode != 0 and "COCO_train2014_000000000002.jpg" in done.stderr and "skip_bad_samples" in done.stderr
-    falip_run(*args, "run.skip_bad_samples=true", cwd=tmp_path)
+    done = falip_run(*args, "run.skip_bad_samples=true", cwd=tmp_path)
+    assert "[falip] val: 2 item(s) skipped (4 sentences counted wrong)" in done.stderr
     column = json.loads((tmp_path / "results" / "refcoco_rec.json").read_text())["columns"]["val"]
     assert sorted(s["image_id"] for s in column["skipped"]) == [2, 3]
     assert column["num_skipped_lines"] == 4 and column["num_sentences"] == 8

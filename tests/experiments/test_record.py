@@ -6,6 +6,7 @@ import pytest
 
 from falip.experiments.record import ExperimentRecord, config_hash
 from falip.experiments.tables import PAPER, accuracy_table, combine_with_paper, paper_table, read_table
+from falip.errors import DatasetError
 from falip.experiments.reports import build_paper_table
 
 CONFIG = {"experiment_name": "demo", "run": {"seed": 0, "output_dir": "x", "progress": True}, "task": {"name": "rec"}}
@@ -23,23 +24,28 @@ def test_record_writes_after_each_split_and_resumes(tmp_path, tiny_clip):
     record.fail(RuntimeError("boom"))
     assert json.loads((tmp_path / "demo.json").read_text())["status"] == "failed"
 
-    resumed = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], resume=True)
+    resumed = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], tiny_clip, resume=True)
     assert resumed.cached("val") and not resumed.cached("test")
     assert resumed.columns["val"]["B"] == 75.123
     changed = {**CONFIG, "task": {"name": "rec", "iou_threshold": 0.7}}
-    assert not ExperimentRecord("demo", changed, tmp_path, ["A"], resume=True).cached("val")
-    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], resume=False).cached("val")
+    assert not ExperimentRecord("demo", changed, tmp_path, ["A"], tiny_clip, resume=True).cached("val")
+    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, resume=False).cached("val")
+    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], None, resume=True).cached("val")  # other weights
 
 
-def test_config_hash_ignores_how_a_run_goes():
-    other = {**CONFIG, "run": {**CONFIG["run"], "progress": False, "num_workers": 2}}
-    assert config_hash(other) == config_hash(CONFIG)
-    assert config_hash({**CONFIG, "run": {**CONFIG["run"], "seed": 1}}) != config_hash(CONFIG)
+def test_config_hash_is_what_determines_the_numbers():
+    base = {**CONFIG, "model": {"name": "falip-sandbox", "path": "/checkout/a/falip/sandbox/model", "foveal_alpha": 8.0}}
+    other = {**base, "run": {**base["run"], "progress": False, "num_workers": 2, "output_dir": "elsewhere"},
+             "model": {**base["model"], "path": "/checkout/b/falip/sandbox/model"}}
+    assert config_hash(other, "w1", "c1") == config_hash(base, "w1", "c1")  # how it runs, where things lie
+    assert config_hash({**base, "run": {**base["run"], "seed": 1}}, "w1", "c1") != config_hash(base, "w1", "c1")
+    assert config_hash(base, "w2", "c1") != config_hash(base, "w1", "c1")  # other weights
+    assert config_hash(base, "w1", "c2") != config_hash(base, "w1", "c1")  # other code
 
 
 def test_paper_rows_are_labelled_and_never_mixed(tmp_path):
     measured = accuracy_table({"RefCOCO TestA": {"FALIP": 40.0}, "Avg": {"FALIP": 41.0}}, ["FALIP"])
-    paper = paper_table("results/paper/rec.csv")
+    paper = paper_table("rec.csv")
     assert paper.loc["FALIP", "RefCOCO TestA"] == 44.2
     combined = combine_with_paper(measured, paper)
     assert combined.loc["FALIP", "source"] == "measured" and combined.loc["FALIP", "RefCOCO TestA"] == 40.0
@@ -53,15 +59,38 @@ def test_rec_table_from_finished_runs(tmp_path):
         frame.index.name = "prompt"
         frame.to_csv(tmp_path / f"{name}.csv")
     config = {"experiment_name": "rec_table", "run": {"output_dir": str(tmp_path)},
-              "task": {"name": "table", "average": "Avg", "paper_csv": "results/paper/rec.csv",
+              "task": {"name": "table", "average": "Avg", "paper_csv": "rec.csv",
                        "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO TestB": ["refcoco_rec", "testB"],
                                    "RefCOCO+ TestA": ["refcocop_rec", "testA"], "RefCOCOg Test": ["refcocog_rec", "test"]}}}
     table = build_paper_table(config)
-    assert list(table.columns) == ["source", "RefCOCO TestA", "RefCOCO TestB", "RefCOCO+ TestA", "RefCOCOg Test", "Avg"]
+    assert list(table.columns) == ["source", "model", "RefCOCO TestA", "RefCOCO TestB", "RefCOCO+ TestA", "RefCOCOg Test", "Avg"]
     assert table.loc["FALIP", "Avg"] == pytest.approx((21 + 22 + 21 + 21) / 4)
     assert table.loc["FALIP [paper]", "Avg"] == 45.2
     written = read_table(tmp_path / "rec_table.csv")
     assert written.loc["RedCircle [paper]", "source"] == PAPER
     (tmp_path / "refcocog_rec.csv").unlink()
-    with pytest.raises(FileNotFoundError, match="falip-run experiment=refcocog_rec"):
+    with pytest.raises(DatasetError, match="falip-run experiment=refcocog_rec"):
         build_paper_table(config)
+
+
+def test_rec_table_names_its_models_and_warns_off_the_paper_backbone(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)  # the paper's numbers ship with the package: any working folder will do
+    geometry = {"image_size": 224, "patch_size": 16, "vision_layers": 12}
+    runs = {"refcoco_rec": ("falip-sandbox", {"image_size": 64, "patch_size": 8, "vision_layers": 4}, "ab" * 32),
+            "refcocop_rec": ("openai/clip-vit-base-patch16", geometry, "cd" * 32)}
+    for name, (model_name, info, weights) in runs.items():
+        frame = pd.DataFrame({"testA": [30.0, 40.0]}, index=["Original CLIP", "FALIP"])
+        frame.index.name = "prompt"
+        frame.to_csv(tmp_path / f"{name}.csv")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"status": "complete", "config": {"model": {"name": model_name}},
+                                                           "model": {**info, "weights_sha256": weights}}))
+    config = {"experiment_name": "t", "run": {"output_dir": str(tmp_path)},
+              "task": {"name": "table", "paper_csv": "rec.csv",
+                       "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO+ TestA": ["refcocop_rec", "testA"]}}}
+    table = build_paper_table(config)
+    assert table.loc["FALIP", "model"] == "falip-sandbox [weights abababab] + openai/clip-vit-base-patch16 [weights cdcdcdcd]"
+    assert table.loc["FALIP [paper]", "model"] == "openai/clip-vit-base-patch16 (paper)"
+    sidecar = json.loads((tmp_path / "t.json").read_text())
+    assert len(sidecar["warnings"]) == 1 and "falip-sandbox" in sidecar["warnings"][0]
+    assert "warning: RefCOCO TestA (refcoco_rec) was measured with falip-sandbox" in capsys.readouterr().err
+    assert set(sidecar) >= {"task", "sources", "paper_reference"} and "config" not in sidecar  # no unrelated defaults

@@ -199,8 +199,10 @@ def test_missing_checkpoints_give_actionable_errors(tmp_path, monkeypatch):
     with pytest.raises(CheckpointNotFoundError, match="does not exist"):
         FoveatedCLIP.from_pretrained(tmp_path / "no" / "such" / "dir")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CheckpointNotFoundError, match="without CLIP weights"):
+    with pytest.raises(CheckpointNotFoundError, match="without CLIP weights") as error:
         FoveatedCLIP.from_pretrained(tmp_path / "empty")
+    message = str(error.value)
+    assert "--local-dir" in message and f"download {tmp_path / 'empty'}" not in message, message
 
 
 def test_preprocess_modes_and_normalisation(model):

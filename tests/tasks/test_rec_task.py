@@ -140,3 +140,20 @@ def test_dataloader_workers_give_the_same_predictions(model, tmp_path):
         results[workers] = (result.correct, result.image_forwards, result.skipped,
                             sorted(out.read_text().splitlines()))
     assert results[0] == results[1] and len(results[0][2]) == 1
+
+
+def test_clipped_boxes_are_counted_and_summarised(model, tmp_path):
+    split = make_split(tmp_path)
+    split.images[0].candidates[0] = (-5.0, 1.0, 20.0, 18.0)     # sticks out on the left
+    split.images[1].candidates[1] = (25.0, 5.0, 60.0, 30.0)     # sticks out on the right (image is 50 wide)
+    result = evaluate(model, split, [ORIGINAL_CLIP, FALIP], options(), TextCache(model))
+    assert result.clipped_boxes == 2 and result.summary()["clipped_boxes"] == 2
+    assert result.console_summary("sentence") == "val: 2 box(es) partly outside their image clipped to it"
+    assert evaluate(model, make_split(tmp_path), [FALIP], options(), TextCache(model)).console_summary("sentence") is None
+
+
+def test_a_box_with_three_numbers_is_a_clear_error(model, tmp_path):
+    split = make_split(tmp_path)
+    split.images[0].candidates[0] = (1.0, 1.0, 20.0)
+    with pytest.raises(DatasetError, match=r"img0.png: box \[1.0, 1.0, 20.0\] must have 4 numbers"):
+        evaluate(model, split, [FALIP], options(), TextCache(model))

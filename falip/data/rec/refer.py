@@ -48,9 +48,6 @@ def read_refs(path: Path) -> list[dict]:
     return refs
 
 
-SPECIAL_SPLITS = ("testA", "testB", "testC", "test")
-
-
 def refer_split_rule(split: str):
     """refer.py's ``getRefIds`` rule as a predicate on a ref's stored split: ``testA`` / ``testB`` /
     ``testC`` match every stored split containing that letter, ``test`` every one containing "test",
@@ -67,10 +64,9 @@ def select_refs(refs: list[dict], split: str, where: Path) -> list[dict]:
     available = sorted({str(ref["split"]) for ref in refs})
     matches = refer_split_rule(split)
     chosen = [ref for ref in refs if matches(ref["split"])]
-    if not chosen and split not in SPECIAL_SPLITS:
-        raise DatasetError(f"unknown split {split!r} for {where}; its refs have splits {available}")
     if not chosen:
-        raise DatasetError(f"split {split!r} of {where} has no refs (its refs have splits {available})")
+        raise DatasetError(f"split {split!r} of {where} has no refs (its refs have splits {available}; "
+                           f"testA/testB/testC/test also take the refs whose split contains them)")
     return chosen
 
 

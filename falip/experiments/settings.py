@@ -1,0 +1,48 @@
+"""The ``run`` section's schema: every key's type and range, checked before anything loads.
+
+Hydra already rejects unknown keys (``run.batchsize=3``); this catches wrong values
+(``run.batch_size=abc``, ``run.num_workers=-1``) with one line naming the key, the value and the fix.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+from ..errors import ConfigError
+from ..model.clip import DTYPES
+
+
+def _integer(minimum: int | None) -> Callable[[Any], bool]:
+    return lambda v: isinstance(v, int) and not isinstance(v, bool) and (minimum is None or v >= minimum)
+
+
+def _boolean(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def _text(value: Any) -> bool:
+    return isinstance(value, str) and value != ""
+
+
+# key -> (check, what a valid value is)
+RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "seed": (_integer(None), "an integer"),
+    "device": (_text, "auto, cpu, cuda or cuda:<n>"),
+    "dtype": (lambda v: str(v).lower() in DTYPES, f"one of {sorted(DTYPES)}"),
+    "batch_size": (_integer(1), "an integer >= 1"),
+    "num_workers": (_integer(0), "an integer >= 0"),
+    "prefetch_images": (_integer(1), "an integer >= 1"),
+    "limit": (lambda v: v is None or _integer(1)(v), "null or an integer >= 1"),
+    "skip_bad_samples": (_boolean, "true or false"),
+    "resume": (_boolean, "true or false"),
+    "save_predictions": (_boolean, "true or false"),
+    "output_dir": (_text, "a folder path"),
+    "progress": (_boolean, "true or false"),
+}
+
+
+def check_run_settings(run: Mapping[str, Any]) -> None:
+    """Raise :class:`ConfigError` for the first ``run.<key>`` whose value does not fit :data:`RUN_SCHEMA`."""
+    for key, (valid, expected) in RUN_SCHEMA.items():
+        if key in run and not valid(run[key]):
+            raise ConfigError(f"run.{key}={run[key]!r} is not valid: expected {expected} "
+                              f"(e.g. falip-run run.{key}=<value>)")

@@ -1,0 +1,57 @@
+"""Provenance a reader can trust: the code state is taken before the run writes, runs never touch
+committed files, the code's fingerprint follows every edit."""
+import subprocess
+import tomllib
+from pathlib import Path
+
+from falip.experiments import record as record_module
+from falip.experiments.provenance import code_fingerprint
+from falip.experiments.record import ExperimentRecord
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_git_state_is_taken_once_before_anything_is_written(tmp_path, tiny_clip, monkeypatch):
+    calls = []
+
+    def spy(path=None):
+        calls.append(sorted(p.name for p in tmp_path.rglob("*")))
+        return {"git_sha": "abc", "git_dirty": False}
+
+    monkeypatch.setattr(record_module, "git_state", spy)
+    record = ExperimentRecord("demo", {"run": {}}, tmp_path, ["A"], tiny_clip)
+    record.add_split("val", {"val": {"A": 1.0}}, {})
+    record.finish()
+    assert calls == [[]], "git state must be read once, before the run's first write"
+    assert record.code["git_dirty"] is False and len(record.code["fingerprint"]) == 64
+
+
+def test_runs_write_where_git_ignores_and_committed_results_live_apart():
+    written = ["results/shapes_rec.csv", "results/shapes_rec.json", "results/shapes_rec/predictions/objects2.jsonl",
+               "results/shapes_rec/columns/objects2.json", "results/rec_table.csv"]
+    ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert ignored == written
+    tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True).stdout.split()
+    assert tracked and all(p.startswith(("results/sandbox/", "results/benchmarks/")) for p in tracked), tracked
+
+
+def test_code_fingerprint_covers_sources_and_configs():
+    package = REPO / "falip"
+    assert code_fingerprint() == code_fingerprint()
+    assert (package / "configs" / "config.yaml").is_file() and (package / "model" / "bias.py").is_file()
+    code_fingerprint.cache_clear()
+    probe = package / "configs" / "_fingerprint_probe.yaml"
+    before = code_fingerprint()
+    try:
+        probe.write_text("x: 1\n")
+        code_fingerprint.cache_clear()
+        assert code_fingerprint() != before
+    finally:
+        probe.unlink()
+        code_fingerprint.cache_clear()
+
+
+def test_package_metadata_uses_an_spdx_license():
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "paper/*.csv" in project["tool"]["setuptools"]["package-data"]["falip"]
