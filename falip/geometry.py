@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
+import numpy as np
 from PIL import Image
 
 RESIZE_MODES = ("squash", "crop")
@@ -53,6 +54,61 @@ def clip_box_to_image(box: Sequence[float], width: float, height: float, frame: 
     if x1 <= 0 or y1 <= 0 or x0 >= width or y0 >= height:
         raise BoxError(f"box {list(box)} (xyxy) lies outside the {width}x{height} {frame}")
     return max(x0, 0.0), max(y0, 0.0), min(x1, float(width)), min(y1, float(height))
+
+
+@dataclass(frozen=True, eq=False)
+class Region:
+    """A region of attention (ROA): one or more boxes (xyxy pixels) and, optionally, a pixel mask.
+
+    Several boxes make one ROA (e.g. every dog of an image): the foveal bias is the element-wise max
+    of the per-box biases, RedCircle draws every ellipse, Blur/Grayscale keep every box, Crop takes
+    their bounding box. A ``mask`` (bool ``(H, W)`` array in the same pixels) restricts the ROA to the
+    patch tokens it covers; the boxes still place the Gaussian and the edits.
+    """
+
+    boxes: tuple[Box, ...]
+    mask: Any = None
+
+    @classmethod
+    def of(cls, value: "Region | Sequence[float] | Sequence[Sequence[float]]") -> "Region":
+        """A :class:`Region` from a region, one xyxy box, or a sequence of boxes."""
+        if isinstance(value, Region):
+            return value
+        if len(value) and all(isinstance(v, (int, float)) for v in value):
+            return cls((tuple(float(v) for v in value),))  # one box (validated where it is used)
+        if not len(value):
+            raise BoxError("a region needs at least one box")
+        return cls(tuple(tuple(float(v) for v in box) for box in value))
+
+    def bounding_box(self) -> Box:
+        x0s, y0s, x1s, y1s = zip(*self.boxes)
+        return min(x0s), min(y0s), max(x1s), max(y1s)
+
+    def clipped(self, width: float, height: float) -> "Region":
+        """Every box clipped to the image (:func:`clip_box_to_image`: an unusable box raises)."""
+        return Region(tuple(clip_box_to_image(box, width, height) for box in self.boxes), self.mask)
+
+    def num_clipped(self, width: float, height: float) -> int:
+        """How many boxes stick out of a ``width x height`` image."""
+        return sum(clip_box_to_image(box, width, height) != tuple(float(v) for v in box) for box in self.boxes)
+
+    def shifted(self, dx: float, dy: float, width: float, height: float) -> "Region":
+        """The region in a frame whose origin is at ``(dx, dy)`` of this one and ``width x height`` big
+        (a crop): boxes moved and clipped to it (a box left outside is dropped), mask cut likewise."""
+        boxes = []
+        for x0, y0, x1, y1 in self.boxes:
+            moved = (max(x0 - dx, 0.0), max(y0 - dy, 0.0), min(x1 - dx, float(width)), min(y1 - dy, float(height)))
+            if moved[2] > moved[0] and moved[3] > moved[1]:
+                boxes.append(moved)
+        if not boxes:
+            raise BoxError(f"region {list(self.boxes)} falls outside the {width}x{height} crop")
+        mask = None
+        if self.mask is not None:
+            left, top = int(round(dx)), int(round(dy))
+            mask = np.zeros((int(height), int(width)), dtype=bool)
+            part = np.asarray(self.mask)[max(top, 0):top + int(height), max(left, 0):left + int(width)]
+            mask[max(-top, 0):max(-top, 0) + part.shape[0], max(-left, 0):max(-left, 0) + part.shape[1]] = part
+        return Region(tuple(boxes), mask)
 
 
 @dataclass(frozen=True)
@@ -101,6 +157,21 @@ class ResizeGeometry:
                 f"(image {self.image_width}x{self.image_height} -> {self.input_size}px)"
             )
         return clipped
+
+    def region_to_input(self, region: Region) -> Region:
+        """A region's boxes (:meth:`box_to_input`) and mask (nearest-neighbour, like the pixels) in model-input pixels."""
+        boxes = tuple(self.box_to_input(box) for box in region.boxes)
+        mask = None
+        if region.mask is not None:
+            array = np.asarray(region.mask, dtype=bool)
+            if array.shape != (self.image_height, self.image_width):
+                raise BoxError(f"region mask is {array.shape[1]}x{array.shape[0]} but the image is "
+                               f"{self.image_width}x{self.image_height}")
+            resized = Image.fromarray(array.astype(np.uint8) * 255).resize(
+                (self.resized_width, self.resized_height), Image.NEAREST)
+            left, top, size = self.crop_left, self.crop_top, self.input_size
+            mask = np.asarray(resized.crop((left, top, left + size, top + size))) > 0
+        return Region(boxes, mask)
 
 
 def resize_geometry(image_width: int, image_height: int, input_size: int, mode: str = "squash") -> ResizeGeometry:

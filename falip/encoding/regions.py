@@ -24,7 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
-from ..geometry import Box, clip_box_to_image
+from ..geometry import Box, Region
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
 from ..prompts.prompt import VisualPrompt
@@ -45,52 +45,47 @@ class EncodingCounts:
     clipped_boxes: int = 0
 
 
-def count_clipped(boxes: Sequence[Box], width: int, height: int) -> int:
-    """How many of ``boxes`` stick out of a ``width x height`` image (usable boxes only)."""
-    return sum(clip_box_to_image(box, width, height) != tuple(float(v) for v in box) for box in boxes)
-
-
 @dataclass
 class RegionInputs:
     """Model inputs for the K regions of one image under one prompt.
 
     ``pixels`` has 1 row when all regions share the image (no region-dependent edit), else K rows;
-    ``input_boxes`` are the K boxes in model-input pixels when the prompt has a bias (the bias itself
-    is built per forward batch by :class:`RegionEncoder`); ``rows`` is how many forward rows the
-    regions cost.
+    ``input_regions`` are the K regions in model-input pixels when the prompt has a bias (the bias
+    itself is built per forward batch by :class:`RegionEncoder`); ``rows`` is how many forward rows
+    the regions cost.
     """
 
     pixels: torch.Tensor
-    input_boxes: list[Box] | None
+    input_regions: list[Region] | None
     num_regions: int
     rows: int
 
 
-def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, boxes: Sequence[Box],
+def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, regions: Sequence[Region | Box],
                     prompt: VisualPrompt, resize: str = "squash") -> RegionInputs:
-    """Edit and preprocess the regions ``boxes`` (xyxy, original-image pixels) of ``image``, and map
-    them into the model input for the prompt's bias.
+    """Edit and preprocess the ``regions`` (each a :class:`~falip.geometry.Region` or one xyxy box, in
+    original-image pixels) of ``image``, and map them into the model input for the prompt's bias.
 
     Boxes are clipped to the image; an empty box or one outside the image (or outside the model
     input after a center crop) raises :class:`falip.geometry.BoxError`.
     """
-    if not boxes:
+    if not regions:
         raise ValueError("no regions to encode")
-    boxes = [clip_box_to_image(box, image.width, image.height) for box in boxes]
-    count = len(boxes)
+    regions = [Region.of(region).clipped(image.width, image.height) for region in regions]
+    count = len(regions)
     if not prompt.region_dependent:
         return RegionInputs(preprocessor(image, resize), None, count, rows=1)
     if prompt.edits_depend_on_region:
-        edited = prompt.apply_edits(image, boxes)
+        edited = prompt.apply_edits(image, regions)
         pixels = preprocessor([img for img, _ in edited], resize)
-        frames = [(img.size, box) for img, box in edited]
+        frames = [(img.size, region) for img, region in edited]
     else:
         pixels = preprocessor(image, resize)
-        frames = [(image.size, box) for box in boxes]
-    input_boxes = None
+        frames = [(image.size, region) for region in regions]
+    input_regions = None
     if prompt.bias is not None:
-        input_boxes = [preprocessor.geometry(w, h, resize).box_to_input(box) for (w, h), box in frames]
-    return RegionInputs(pixels, input_boxes, count, rows=count)
+        input_regions = [preprocessor.geometry(w, h, resize).region_to_input(region) for (w, h), region in frames]
+    return RegionInputs(pixels, input_regions, count, rows=count)
 
 
 class RegionEncoder:
@@ -114,7 +109,7 @@ class RegionEncoder:
         self.unbiased_layer_rows = 0
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
         self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded], in order
-        self._queued_boxes: list[Box] = []
+        self._queued_regions: list[Region] = []
         self._queued_rows = 0
         self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
         self._done_rows = 0
@@ -127,13 +122,13 @@ class RegionEncoder:
 
     def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
-        if self.prompt.bias is not None and (inputs.input_boxes is None or len(inputs.input_boxes) != inputs.rows):
-            raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input box per row")
+        if self.prompt.bias is not None and (inputs.input_regions is None or len(inputs.input_regions) != inputs.rows):
+            raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input region per row")
         if inputs.pixels.shape[0] not in (1, inputs.rows):
             raise ValueError(f"inputs have {inputs.pixels.shape[0]} pixel rows for {inputs.rows} forward rows")
         self._waiting.append((key, inputs))
         self._queued.append([inputs.pixels, inputs.rows])
-        self._queued_boxes.extend(inputs.input_boxes or [])
+        self._queued_regions.extend(inputs.input_regions or [])
         self._queued_rows += inputs.rows
         while self._queued_rows >= self.batch_size:
             self._forward(self.batch_size)
@@ -173,8 +168,8 @@ class RegionEncoder:
         pixels, image_index = self._take_rows(count)
         bias = None
         if self.prompt.bias is not None:
-            boxes, self._queued_boxes = self._queued_boxes[:count], self._queued_boxes[count:]
-            bias = self.bias.build(boxes, self.model.image_size, self.model.patch_size)
+            regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
+            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size)
         embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index)
         self._done.append(embeddings.float().cpu())
         self._done_rows += count
@@ -194,11 +189,12 @@ class RegionEncoder:
         return ready
 
 
-def encode_regions(model: FoveatedCLIP, image: Image.Image, boxes: Sequence[Box], prompt: VisualPrompt,
+def encode_regions(model: FoveatedCLIP, image: Image.Image, regions: Sequence[Region | Box], prompt: VisualPrompt,
                    resize: str = "squash", batch_size: int = 64) -> torch.Tensor:
-    """L2-normalised embeddings ``(K, D)`` of the K regions ``boxes`` (xyxy pixels) of ``image`` under ``prompt``."""
+    """L2-normalised embeddings ``(K, D)`` of the K ``regions`` of ``image`` under ``prompt``: each an
+    xyxy box in pixels, or a :class:`~falip.geometry.Region` (several boxes as one ROA, or a mask)."""
     encoder = RegionEncoder(model, prompt, batch_size)
-    inputs = prepare_regions(model.preprocessor, image.convert("RGB"), boxes, prompt, resize)
+    inputs = prepare_regions(model.preprocessor, image.convert("RGB"), regions, prompt, resize)
     ready = encoder.add(0, inputs) + encoder.flush()
     return ready[0][1]
 
@@ -206,9 +202,9 @@ def encode_regions(model: FoveatedCLIP, image: Image.Image, boxes: Sequence[Box]
 class _PreparedItems(Dataset):
     """Loads each item's image once and prepares every prompt's region inputs (runs in dataloader workers)."""
 
-    def __init__(self, items: Sequence, boxes: Sequence[Sequence[Box]], prompts: Sequence[VisualPrompt],
+    def __init__(self, items: Sequence, regions: Sequence[Sequence[Region | Box]], prompts: Sequence[VisualPrompt],
                  preprocessor: ImagePreprocessor, resize: str):
-        self.items, self.boxes, self.prompts = items, boxes, prompts
+        self.items, self.regions, self.prompts = items, regions, prompts
         self.preprocessor, self.resize = preprocessor, resize
 
     def __len__(self) -> int:
@@ -226,27 +222,28 @@ class _PreparedItems(Dataset):
         if width and height and (image.width, image.height) != (width, height):
             return index, f"image {where} is {image.width}x{image.height} but the annotations say {width}x{height}", 0
         try:
-            prepared = {prompt.name: prepare_regions(self.preprocessor, image, self.boxes[index], prompt, self.resize)
+            prepared = {prompt.name: prepare_regions(self.preprocessor, image, self.regions[index], prompt, self.resize)
                         for prompt in self.prompts}
         except ValueError as error:  # BoxError is a ValueError
             return index, f"image {where}: {error}", 0
         if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
             prepared = {name: replace(inputs, pixels=inputs.pixels.numpy()) for name, inputs in prepared.items()}
-        return index, prepared, count_clipped(self.boxes[index], image.width, image.height)
+        clipped = sum(Region.of(region).num_clipped(image.width, image.height) for region in self.regions[index])
+        return index, prepared, clipped
 
 
 def _identity(item):
     return item
 
 
-def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[Box]],
+def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequence[Region | Box]],
                  prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
                  num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
                  counts: EncodingCounts | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
     ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
-    ``boxes[i]`` are its regions. Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
+    ``regions[i]`` are its regions (boxes or :class:`~falip.geometry.Region`). Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
     ``counts`` (if given) receives what the encoding cost (:class:`EncodingCounts`). With ``num_workers``
@@ -258,7 +255,7 @@ def encode_items(model: FoveatedCLIP, items: Sequence, boxes: Sequence[Sequence[
         raise ValueError(f"prompt names must be unique, got {names}")
     encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
     waiting: dict[int, dict[str, torch.Tensor]] = {}
-    prepared_items = _PreparedItems(items, boxes, prompts, model.preprocessor, resize)
+    prepared_items = _PreparedItems(items, regions, prompts, model.preprocessor, resize)
     if num_workers:
         loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,
                             collate_fn=_identity, prefetch_factor=max(2, math.ceil(prefetch_images / num_workers)))

@@ -18,7 +18,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from ..geometry import clip_box_to_image
+from ..geometry import Region, clip_box_to_image
 
 FORMULATIONS = ("cls", "all", "diag")
 CELL_RULES = ("overlap", "released")
@@ -168,6 +168,53 @@ def _released_weights(cells: list[list[int]], grid_h: int, grid_w: int, alpha: f
         weights[index, r0:r1 + 1, c0:c1 + 1] = released_roa_gaussian(r1 - r0 + 1, c1 - c0 + 1, float(alpha),
                                                                       float(sigma), float(eps))
     return torch.from_numpy(weights).double()
+
+
+def mask_token_coverage(mask, image_size: int | Sequence[int], patch_size: int) -> torch.Tensor:
+    """``(grid_h, grid_w)`` bool: the patch tokens a model-input-pixel mask covers (any pixel of the patch)."""
+    height, width = _pair(image_size)
+    grid_h, grid_w = height // patch_size, width // patch_size
+    array = np.asarray(mask, dtype=bool)
+    if array.shape != (height, width):
+        raise ValueError(f"mask is {array.shape}, the model input is {(height, width)}")
+    cells = array[:grid_h * patch_size, :grid_w * patch_size].reshape(grid_h, patch_size, grid_w, patch_size)
+    return torch.from_numpy(cells.any(axis=(1, 3)))
+
+
+def foveal_region_weights(
+    regions: Sequence[Region],
+    image_size: int | Sequence[int],
+    patch_size: int,
+    *,
+    alpha: float = DEFAULT_ALPHA,
+    sigma: float = DEFAULT_SIGMA,
+    eps: float = DEFAULT_EPS,
+    cell_rule: str = "released",
+) -> torch.Tensor:
+    """Per-patch foveal weights ``(B, grid_h, grid_w)`` of B regions (model-input pixels).
+
+    A region of several boxes gets the element-wise max of its boxes' weights (the union of their
+    foveal Gaussians, order-independent); a region with a mask keeps only the tokens the mask covers.
+    A one-box region without a mask gets exactly :func:`foveal_token_weights` of its box.
+    """
+    regions = [Region.of(region) for region in regions]
+    boxes = [box for region in regions for box in region.boxes]
+    per_box = foveal_token_weights(boxes, image_size, patch_size, alpha=alpha, sigma=sigma, eps=eps,
+                                   cell_rule=cell_rule)
+    weights, start = [], 0
+    for region in regions:
+        count = len(region.boxes)
+        combined = per_box[start] if count == 1 else per_box[start:start + count].amax(0)
+        start += count
+        if region.mask is not None:
+            covered = mask_token_coverage(region.mask, image_size, patch_size)
+            if not covered.any():
+                raise ValueError("the region's mask covers no patch token of the model input")
+            combined = torch.where(covered, combined, torch.zeros((), dtype=combined.dtype))
+        weights.append(combined)
+    if not weights:
+        return per_box
+    return torch.stack(weights)
 
 
 def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> torch.Tensor:

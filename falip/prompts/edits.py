@@ -11,17 +11,18 @@ from typing import Any, ClassVar, Sequence
 
 from PIL import Image, ImageDraw, ImageFilter
 
-from ..geometry import Box
+from ..geometry import Box, Region
 
-Edited = tuple[Image.Image, Box]
+Edited = tuple[Image.Image, Region]
 
 
-def _region_mask(size: tuple[int, int], box: Box, shape: str) -> Image.Image:
-    """An 'L' mask, 255 inside the box (``shape="box"``) or its inscribed ellipse."""
+def _region_mask(size: tuple[int, int], region: Region, shape: str) -> Image.Image:
+    """An 'L' mask, 255 inside every box of the region (``shape="box"``) or their inscribed ellipses."""
     mask = Image.new("L", size, 0)
     draw = ImageDraw.Draw(mask)
-    corners = [tuple(box[:2]), tuple(box[2:])]
-    (draw.rectangle if shape == "box" else draw.ellipse)(corners, fill=255)
+    for box in region.boxes:
+        corners = [tuple(box[:2]), tuple(box[2:])]
+        (draw.rectangle if shape == "box" else draw.ellipse)(corners, fill=255)
     return mask
 
 
@@ -31,14 +32,15 @@ def _check_shape(shape: str) -> None:
 
 
 class ImageEdit:
-    """Base class: edits the image for each box; returns the edited image and the box in its frame."""
+    """Base class: edits the image for each region; returns the edited image and the region in its frame."""
 
     name: ClassVar[str] = ""
 
-    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
-        return [self.apply_one(image, box) for box in boxes]
+    def apply(self, image: Image.Image, regions: Sequence[Region | Box]) -> list[Edited]:
+        return [self.apply_one(image, region) for region in regions]
 
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+    def apply_one(self, image: Image.Image, region: Region | Box) -> Edited:
+        """The image edited for ``region`` (a :class:`Region` or one xyxy box) and the region in its frame."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -57,11 +59,14 @@ class RedCircle(ImageEdit):
     color: tuple[int, int, int] = (255, 0, 0)
     width: int | None = None
 
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
+    def apply_one(self, image: Image.Image, region: Region | Box) -> Edited:
+        region = Region.of(region)
         edited = image.copy()
         width = self.width if self.width is not None else max(1, int(max(image.size) / 200))
-        ImageDraw.Draw(edited).ellipse([tuple(box[:2]), tuple(box[2:])], outline=tuple(self.color), width=width)
-        return edited, box
+        draw = ImageDraw.Draw(edited)
+        for box in region.boxes:  # every box of the region gets its ellipse
+            draw.ellipse([tuple(box[:2]), tuple(box[2:])], outline=tuple(self.color), width=width)
+        return edited, region
 
 
 class _ReplaceOutside(ImageEdit):
@@ -75,17 +80,17 @@ class _ReplaceOutside(ImageEdit):
     def background(self, image: Image.Image) -> Image.Image:
         raise NotImplementedError
 
-    def apply(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
-        background = self.background(image)  # once per image, not per box
-        return [self._paste(background, image, box) for box in boxes]
+    def apply(self, image: Image.Image, regions: Sequence[Region | Box]) -> list[Edited]:
+        background = self.background(image)  # once per image, not per region
+        return [self._paste(background, image, Region.of(region)) for region in regions]
 
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
-        return self._paste(self.background(image), image, box)
+    def apply_one(self, image: Image.Image, region: Region | Box) -> Edited:
+        return self._paste(self.background(image), image, Region.of(region))
 
-    def _paste(self, background: Image.Image, image: Image.Image, box: Box) -> Edited:
+    def _paste(self, background: Image.Image, image: Image.Image, region: Region) -> Edited:
         edited = background.copy()
-        edited.paste(image, mask=_region_mask(image.size, box, self.shape))
-        return edited, box
+        edited.paste(image, mask=_region_mask(image.size, region, self.shape))
+        return edited, region
 
 
 @dataclass(frozen=True)
@@ -113,13 +118,18 @@ class GrayscaleOutside(_ReplaceOutside):
 
 @dataclass(frozen=True)
 class Crop(ImageEdit):
-    """Crop the box (PIL rounds the coordinates); the region becomes the whole cropped image."""
+    """Crop the region's box (PIL rounds the coordinates); the region is then in the crop's frame."""
 
     name: ClassVar[str] = "crop"
 
-    def apply_one(self, image: Image.Image, box: Box) -> Edited:
-        cropped = image.crop(tuple(box))
-        return cropped, (0.0, 0.0, float(cropped.width), float(cropped.height))
+    def apply_one(self, image: Image.Image, region: Region | Box) -> Edited:
+        region = Region.of(region)
+        box = region.bounding_box()  # several boxes: the box around all of them
+        cropped = image.crop(box)
+        if len(region.boxes) == 1 and region.mask is None:  # the crop is the region
+            return cropped, Region(((0.0, 0.0, float(cropped.width), float(cropped.height)),))
+        left, top = round(box[0]), round(box[1])  # where PIL's crop starts
+        return cropped, region.shifted(left, top, cropped.width, cropped.height)
 
 
 EDITS: dict[str, type[ImageEdit]] = {cls.name: cls for cls in (RedCircle, BlurOutside, GrayscaleOutside, Crop)}

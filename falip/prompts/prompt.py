@@ -23,8 +23,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 from PIL import Image
 
-from ..geometry import Box
-from ..model.bias import CELL_RULES, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS, foveal_attention_bias
+from ..geometry import Box, Region
+from ..model.bias import (CELL_RULES, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS, bias_from_token_weights,
+                          foveal_region_weights)
 from ..model.clip import FoveatedCLIP
 from .edits import BlurOutside, Crop, Edited, GrayscaleOutside, ImageEdit, RedCircle
 
@@ -71,13 +72,15 @@ class FovealBias:
         """This bias with ``alpha=None`` replaced by the model's :attr:`~FoveatedCLIP.foveal_alpha`."""
         return self if self.alpha is not None else replace(self, alpha=model.foveal_alpha)
 
-    def build(self, input_boxes: Sequence[Box], image_size: int, patch_size: int) -> torch.Tensor:
-        """``(K, T, T)`` float32 bias for K boxes given in model-input pixels (``alpha`` must be set:
-        :meth:`for_model`)."""
+    def build(self, input_regions: Sequence[Region | Box], image_size: int, patch_size: int) -> torch.Tensor:
+        """``(K, T, T)`` float32 bias for K regions (or boxes) in model-input pixels (``alpha`` must be
+        set: :meth:`for_model`). A region of several boxes gets the max of their biases; a masked one
+        only the tokens its mask covers (:func:`falip.model.bias.foveal_region_weights`)."""
         if self.alpha is None:
             raise ValueError("this FovealBias takes its alpha from the model: build the bias of bias.for_model(model)")
-        return foveal_attention_bias(list(input_boxes), image_size, patch_size, alpha=self.alpha, sigma=self.sigma,
-                                     eps=self.eps, formulation=self.formulation, cell_rule=self.cell_rule)
+        weights = foveal_region_weights(list(input_regions), image_size, patch_size, alpha=self.alpha,
+                                        sigma=self.sigma, eps=self.eps, cell_rule=self.cell_rule)
+        return bias_from_token_weights(weights.float(), self.formulation)
 
     def config(self) -> dict[str, Any]:
         values = asdict(self)
@@ -103,14 +106,14 @@ class VisualPrompt:
         """False for plain CLIP: every region of an image then has the same embedding (one forward)."""
         return self.edits_depend_on_region or self.bias is not None
 
-    def apply_edits(self, image: Image.Image, boxes: Sequence[Box]) -> list[Edited]:
-        """Run the edit chain for every box: ``[(edited image, box in its frame), ...]``."""
-        results: list[Edited] = [(image, tuple(box)) for box in boxes]
+    def apply_edits(self, image: Image.Image, regions: Sequence[Region | Box]) -> list[Edited]:
+        """Run the edit chain for every region: ``[(edited image, region in its frame), ...]``."""
+        results: list[Edited] = [(image, Region.of(region)) for region in regions]
         for edit in self.edits:
-            if all(img is image for img, _ in results):  # first edit: share per-image work across boxes
-                results = edit.apply(image, [box for _, box in results])
+            if all(img is image for img, _ in results):  # first edit: share per-image work across regions
+                results = edit.apply(image, [region for _, region in results])
             else:
-                results = [edit.apply_one(img, box) for img, box in results]
+                results = [edit.apply_one(img, region) for img, region in results]
         return results
 
     def config(self) -> dict[str, Any]:

@@ -5,6 +5,7 @@ import torch
 from PIL import Image
 
 from falip import foveal_attention_bias
+from falip.model.bias import bias_from_token_weights, foveal_token_weights
 from falip.geometry import BoxError
 from falip.prompts import CROP, FALIP, ORIGINAL_CLIP, RED_CIRCLE_FALIP, FovealBias, VisualPrompt
 from falip.encoding.regions import RegionEncoder, encode_regions, prepare_regions
@@ -107,3 +108,20 @@ def test_edited_regions_pass_one_pixel_row_each(model, monkeypatch):
     encoder.add(1, prepare_regions(model.preprocessor, scene(1), BOXES[:2], RED_CIRCLE_FALIP))
     encoder.flush()
     assert calls == [(4, None), (1, None)] and encoder.unbiased_layer_rows == 5
+
+
+def test_a_region_of_boxes_is_encoded_with_the_union_bias(model):
+    from falip.geometry import Region, resize_geometry
+
+    image = Image.fromarray(np.random.default_rng(7).integers(0, 256, (40, 50, 3), dtype=np.uint8))
+    boxes = [(2.0, 3.0, 20.0, 18.0), (30.0, 20.0, 48.0, 38.0)]
+    prompt = VisualPrompt("F", bias=FovealBias(alpha=2.0, layers=None))
+    one = encode_regions(model, image, [boxes[0]], prompt)
+    assert torch.equal(one, encode_regions(model, image, [Region((boxes[0],))], prompt))
+    union = encode_regions(model, image, [Region(tuple(boxes))], prompt)
+    geometry = resize_geometry(50, 40, model.image_size)
+    weights = foveal_token_weights([geometry.box_to_input(b) for b in boxes], model.image_size, model.patch_size,
+                                   alpha=2.0).amax(0, keepdim=True)
+    bias = bias_from_token_weights(weights.float())
+    expected = model.encode_image(model.preprocess(image), bias, None)
+    assert torch.allclose(union, expected, atol=1e-6) and not torch.allclose(union, one, atol=1e-4)

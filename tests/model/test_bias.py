@@ -5,8 +5,9 @@ import numpy as np
 import pytest
 import torch
 
-from falip.model.bias import (bias_from_token_weights, foveal_attention_bias, foveal_token_weights,
-                              released_roa_gaussian, roa_cells)
+from falip.geometry import Region
+from falip.model.bias import (bias_from_token_weights, foveal_attention_bias, foveal_region_weights,
+                              foveal_token_weights, mask_token_coverage, released_roa_gaussian, roa_cells)
 
 
 def expected_rn(h, w, alpha=0.2, sigma=100.0, eps=1e-6):
@@ -150,3 +151,25 @@ def test_released_and_exact_arithmetic_differ_by_float32_rounding_only():
     released = torch.tensor(released_roa_gaussian(14, 14, 0.2, 100.0, 1e-6), dtype=torch.float64)
     gap = (exact - released).abs().max().item()
     assert 1e-6 < gap < 2e-4 * 0.2, gap  # float32 rounding magnified by the stretch, not a different formula
+
+
+def test_a_region_of_several_boxes_gets_the_max_of_their_biases():
+    boxes = [(0, 0, 80, 64), (48, 32, 160, 144), (200, 200, 224, 224)]
+    single = foveal_token_weights(boxes, 224, 16)
+    union = foveal_region_weights([Region(tuple(boxes))], 224, 16)[0]
+    assert torch.equal(union, single.amax(0))
+    assert torch.equal(foveal_region_weights([boxes[1]], 224, 16)[0], single[1])  # one box: exactly its weights
+    overlap = (single > 0).sum(0) > 1
+    assert overlap.any() and torch.equal(union[overlap], torch.maximum(single[0], single[1])[overlap])
+
+
+def test_a_masked_region_keeps_only_the_tokens_its_mask_covers():
+    mask = np.zeros((224, 224), dtype=bool)
+    mask[40:60, 20:100] = True  # rows 2..3, columns 1..6 of the 16 px grid
+    region = Region(((20.0, 40.0, 100.0, 60.0),), mask)
+    weights = foveal_region_weights([region], 224, 16)[0]
+    plain = foveal_token_weights([(20.0, 40.0, 100.0, 60.0)], 224, 16)[0]
+    covered = mask_token_coverage(mask, 224, 16)
+    assert covered.sum() == 2 * 6 and torch.equal(weights[covered], plain[covered]) and (weights[~covered] == 0).all()
+    with pytest.raises(ValueError, match="covers no patch"):
+        foveal_region_weights([Region(((0.0, 0.0, 10.0, 10.0),), np.zeros((224, 224), bool))], 224, 16)

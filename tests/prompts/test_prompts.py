@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from falip.geometry import Region
 from falip.prompts import (BlurOutside, Crop, FovealBias, GrayscaleOutside, RedCircle, VisualPrompt,
                            prompt_from_config, prompts_from_config)
 
@@ -16,7 +17,7 @@ def test_red_circle_outline_inside_box_with_released_width():
     image = Image.new("RGB", (400, 300), (0, 0, 0))
     box = (50.0, 40.0, 250.0, 200.0)
     edited, out_box = RedCircle().apply_one(image, box)
-    assert out_box == box and image.getextrema() == ((0, 0),) * 3, "the original is untouched"
+    assert out_box.boxes == (box,) and image.getextrema() == ((0, 0),) * 3, "the original is untouched"
     arr = np.asarray(edited)
     red = (arr[..., 0] == 255) & (arr[..., 1] == 0) & (arr[..., 2] == 0)
     ys, xs = np.nonzero(red)
@@ -53,8 +54,8 @@ def test_grayscale_outside_ellipse():
 
 
 def test_crop_returns_region_frame():
-    edited, box = Crop().apply_one(noise_image(), (10.4, 20.6, 60.2, 90.0))
-    assert edited.size == (50, 69) and box == (0.0, 0.0, 50.0, 69.0)
+    edited, region = Crop().apply_one(noise_image(), (10.4, 20.6, 60.2, 90.0))
+    assert edited.size == (50, 69) and region.boxes == ((0.0, 0.0, 50.0, 69.0),)
 
 
 def test_edit_chains_apply_in_order():
@@ -84,3 +85,21 @@ def test_prompt_config_round_trip_and_errors():
         prompt_from_config("x", {"bias": {"name": "foveal", "formulation": "rows"}})
     with pytest.raises(ValueError, match="unknown key"):
         prompt_from_config("x", {"edit": ["crop"]})
+
+
+def test_several_boxes_make_one_region_for_every_edit():
+    image = Image.new("RGB", (300, 240), (0, 0, 0))
+    region = Region(((20.0, 30.0, 80.0, 90.0), (150.0, 100.0, 260.0, 200.0)))
+    circled, same = RedCircle().apply_one(image, region)
+    red = (np.asarray(circled)[..., 0] == 255)
+    assert same is region and red[:, :100].any() and red[:, 140:].any(), "an ellipse per box"
+    noisy = noise_image(300, 240)
+    blurred, _ = BlurOutside().apply_one(noisy, region)
+    kept = np.asarray(blurred) == np.asarray(noisy)
+    assert kept[40:80, 30:70].all() and kept[110:190, 160:250].all() and not kept[5:15, 120:140].all()
+    gray, _ = GrayscaleOutside().apply_one(noisy, region)
+    g = np.asarray(gray)
+    assert (g[220, 10, 0] == g[220, 10, 1] == g[220, 10, 2]) and (g[150, 205] == np.asarray(noisy)[150, 205]).all()
+    cropped, inside = Crop().apply_one(noisy, region)
+    assert cropped.size == (240, 170)  # the box around both: (20, 30) .. (260, 200)
+    assert inside.boxes == ((0.0, 0.0, 60.0, 60.0), (130.0, 70.0, 240.0, 170.0))
