@@ -6,12 +6,19 @@ only: generated data (the sandbox) is written to disk first by the experiment ru
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError, DatasetError
+from .classification import cub, imagenet_s, stanford_dogs, waterbirds
 from .classification.boxes import check_box_classification_root, load_box_classification_split
+from .classification.cub import check_cub, load_cub_split
+from .classification.hf import load_hf_classification_split
+from .classification.imagenet_s import check_imagenet_s, load_imagenet_s_split
+from .classification.stanford_dogs import check_stanford_dogs, load_stanford_dogs_split
+from .classification.types import ClassificationSplit
+from .classification.waterbirds import check_waterbirds, load_waterbirds_split
 from .rec.loading import check_split, load_rec_split, resolve_rec_source
 
 
@@ -55,14 +62,73 @@ def _check_box_jsonl(config: Mapping[str, Any]) -> None:
 
 def _root(config: Mapping[str, Any]) -> str:
     if not config.get("root"):
-        raise DatasetError(f"set dataset.root for {config.get('name')}: a folder with classes.txt and <split>.jsonl")
+        raise DatasetError(f"set dataset.root for {config.get('name')} (format {config.get('format')}): see "
+                           f"docs/datasets.md for its layout, or dataset.hf_id for a HF copy")
     return config["root"]
+
+
+def with_classnames(split: ClassificationSplit, path: str | None) -> ClassificationSplit:
+    """``dataset.classnames=<txt>``: one class name per line, in label order, replaces the loader's names."""
+    if path:
+        file = Path(path)
+        if not file.is_file():
+            raise DatasetError(f"dataset.classnames={path} is not a file (one class name per line, in label order)")
+        names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+        if split.classes and len(names) != len(split.classes):
+            raise DatasetError(f"dataset.classnames={path} has {len(names)} names, {split.dataset} has "
+                               f"{len(split.classes)} classes")
+        split = replace(split, classes=names, notes=split.notes + [f"class names from {path}"])
+    if not split.classes:
+        raise DatasetError(f"{split.dataset} has no class names: set dataset.classnames=<txt, one per line>")
+    labels = {sample.label for sample in split.samples}
+    if max(labels) >= len(split.classes) or min(labels) < 0:
+        raise DatasetError(f"{split.dataset} {split.split}: labels reach {max(labels)} but there are "
+                           f"{len(split.classes)} class names")
+    return split
+
+
+def classification_format(load_official: Callable[[Mapping[str, Any], str], ClassificationSplit],
+                          check_official: Callable[[Mapping[str, Any]], None], how_to_get: str,
+                          description: str) -> DatasetFormat:
+    """A classification format: the official layout under ``dataset.root``, or a HF copy (``dataset.hf_id``
+    + ``dataset.columns``); ``dataset.classnames`` applies to both."""
+
+    def load(config: Mapping[str, Any], split: str) -> ClassificationSplit:
+        if config.get("hf_id"):
+            loaded = load_hf_classification_split(config["hf_id"], split, config.get("columns") or {},
+                                                  config.get("name", config["format"]), how_to_get)
+        else:
+            loaded = load_official(config, split)
+        return with_classnames(loaded, config.get("classnames"))
+
+    def check(config: Mapping[str, Any]) -> None:
+        if config.get("classnames") and not Path(config["classnames"]).is_file():
+            raise DatasetError(f"dataset.classnames={config['classnames']} is not a file")
+        if not config.get("hf_id"):
+            check_official(config)
+
+    return DatasetFormat(load, check, description)
 
 
 FORMATS: dict[str, DatasetFormat] = {
     "rec": DatasetFormat(_load_rec, _check_rec, "RefCOCO-style REC: refer toolkit / ReCLIP jsonl / HF layouts"),
-    "box_jsonl": DatasetFormat(_load_box_jsonl, _check_box_jsonl,
-                               "region classification: classes.txt + <split>.jsonl (falip.data.classification.boxes)"),
+    "box_jsonl": classification_format(_load_box_jsonl, _check_box_jsonl, "classes.txt + <split>.jsonl",
+                                       "region classification: classes.txt + <split>.jsonl (falip.data.classification.boxes)"),
+    "cub": classification_format(lambda c, split: load_cub_split(_root(c), split),
+                                 lambda c: check_cub(_root(c), c.get("splits") or []), cub.HOW_TO_GET,
+                                 "CUB-200-2011 (images.txt, bounding_boxes.txt ...)"),
+    "stanford_dogs": classification_format(lambda c, split: load_stanford_dogs_split(_root(c), split),
+                                           lambda c: check_stanford_dogs(_root(c), c.get("splits") or []),
+                                           stanford_dogs.HOW_TO_GET, "Stanford Dogs (Images/, Annotation/, *_list.mat)"),
+    "imagenet_s": classification_format(
+        lambda c, split: load_imagenet_s_split(_root(c), split, str(c.get("variant", "919")), c.get("roa", "box"),
+                                               c.get("categories")),
+        lambda c: check_imagenet_s(_root(c), c.get("splits") or [], str(c.get("variant", "919")), c.get("roa", "box")),
+        imagenet_s.HOW_TO_GET, "ImageNet-S validation + validation-segmentation"),
+    "waterbirds": classification_format(
+        lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
+        lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
+        "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
 }
 
 

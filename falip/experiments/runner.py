@@ -23,7 +23,7 @@ from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
-from ..io import atomic_write_text
+from ..io import atomic_write_text, cache_root
 from ..model.clip import FoveatedCLIP
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
@@ -201,7 +201,7 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     if predictions:
         atomic_write_text(predictions.path, "".join(json.dumps(line, default=str) + "\n" for line in lines))
         predictions.partial.unlink()
-    return SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(lines, names),
+    return SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(split, lines, names),
                        description=description, image_forwards=counts.image_forwards,
                        unbiased_layer_rows=counts.unbiased_layer_rows,
                        skipped=[skipped[index] for index in sorted(skipped)],
@@ -277,7 +277,8 @@ def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
     model = load_model(config["model"], run)
     record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
                               [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")))
-    options, texts = LoopOptions.from_config(run), TextCache(model)
+    options = LoopOptions.from_config(run)
+    texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
     try:
         with _sigterm_interrupts(), torch.inference_mode():
             for split_name, split in splits.items():
@@ -288,6 +289,7 @@ def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
                                if run.get("save_predictions", True) else None)
                 result = evaluate_split(model, task, split, prompts, texts, options, predictions)
                 details = {**result.summary(), "text_encoder_distinct_texts": texts.num_encoded,
+                           "text_classifiers_from_disk": texts.classifiers_from_disk,
                            "predictions": str(predictions.path) if predictions else None}
                 record.add_split(split_name, task.columns(split_name, result.metrics), details)
                 summary = result.console_summary(task.unit)

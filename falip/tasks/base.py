@@ -93,7 +93,7 @@ class Task(ABC):
         ``{prompt name: (K, D)}`` (K = its regions)."""
 
     # ---------------------------------------------------------------- metrics
-    def aggregate(self, lines: Sequence[Line], prompt_names: Sequence[str]) -> dict[str, dict[str, float]]:
+    def aggregate(self, split, lines: Sequence[Line], prompt_names: Sequence[str]) -> dict[str, dict[str, float]]:
         """Metrics over every line of a split: ``{metric: {prompt: value}}``. Default: accuracy (%)."""
         total = len(lines)
         return {"accuracy": {name: 100.0 * sum(line["correct"][name] for line in lines) / total

@@ -13,7 +13,7 @@ def test_round_trip_and_errors(box_jsonl_root, tmp_path):
     root = box_jsonl_root
     split = load_box_classification_split(root, "test")
     assert split.classes == BOX_CLASSES and len(split.samples) == 6
-    assert split.samples[1].box == (3.0, 3.0, 30.0, 33.0) and split.samples[1].label == 1
+    assert split.samples[1].roa.boxes == ((3.0, 3.0, 30.0, 33.0),) and split.samples[1].label == 1
     assert split.samples[0].load_image().size == (44, 36)
     with pytest.raises(DatasetError, match="splits here: \\['test'\\]"):
         load_box_classification_split(root, "val")

@@ -5,6 +5,7 @@ Layout (also a simple way to run FALIP on your own images)::
     <root>/classes.txt          one class name per line; line i (0-based) = label i
     <root>/<split>.jsonl        one sample per line:
                                 {"id": "...", "file_name": "images/0001.png", "box": [x0, y0, x1, y1], "label": 3}
+                                ("boxes": [[x0, y0, x1, y1], ...] instead of "box": several boxes, one ROA)
     <root>/images/...           file_name is relative to root (or absolute)
 
 ``box`` is xyxy in pixels of the image as stored.
@@ -18,7 +19,7 @@ from typing import Iterable, Mapping, Sequence
 from PIL import Image
 
 from ...errors import DatasetError
-from ...geometry import Box
+from ...geometry import Box, Region
 from .types import ClassificationSample, ClassificationSplit
 
 
@@ -63,17 +64,18 @@ def load_box_classification_split(root: str | Path, split: str, name: str = "box
             continue
         try:
             record = json.loads(line)
-            box = tuple(float(v) for v in record["box"])
+            boxes = [tuple(float(v) for v in box) for box in (record["boxes"] if "boxes" in record else [record["box"]])]
             label = int(record["label"])
             file_name = record["file_name"]
         except (ValueError, KeyError, TypeError) as error:
             raise DatasetError(f"{path}:{number}: malformed sample ({type(error).__name__}: {error}); "
                                f"need file_name, box [x0,y0,x1,y1], label") from None
-        if len(box) != 4:
-            raise DatasetError(f"{path}:{number}: field 'box' must have 4 numbers (x0, y0, x1, y1), got {record['box']}")
+        if not boxes or any(len(box) != 4 for box in boxes):
+            raise DatasetError(f"{path}:{number}: field 'box' must have 4 numbers (x0, y0, x1, y1) ('boxes': a list "
+                               f"of them), got {record.get('box', record.get('boxes'))}")
         if not 0 <= label < len(classes):
             raise DatasetError(f"{path}:{number}: field 'label' = {label} is not a class index (0..{len(classes) - 1})")
-        samples.append(ClassificationSample(str(record.get("id", number)), root / file_name, box, label))
+        samples.append(ClassificationSample(str(record.get("id", number)), root / file_name, Region(tuple(boxes)), label))
     if not samples:
         raise DatasetError(f"{path} has no samples")
     return ClassificationSplit(name, split, classes, samples, source=str(path))
