@@ -48,7 +48,7 @@ def _hydra_main(cfg: DictConfig) -> None:
               f"with run.resume=true to continue", 130)
     if record is not None:
         table = record.table()
-        print(f"\n{config['experiment_name']}: accuracy (%) -- rows: prompts, columns: splits")
+        print(f"\n{config['experiment_name']}: % -- rows: prompts, columns: splits (and metrics)")
         print(table.round(2).to_string(na_rep="-"))
         print(f"\nwrote {record.csv_path} and {record.json_path}")
 

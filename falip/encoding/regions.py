@@ -24,6 +24,7 @@ from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm.auto import tqdm
 
+from ..errors import FalipError
 from ..geometry import Box, Region
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
@@ -216,6 +217,8 @@ class _PreparedItems(Dataset):
         where = getattr(item, "image_path", f"item {index}")
         try:
             image = item.load_image()
+        except FalipError as error:  # the loader marked this item unusable
+            return index, f"image {where}: {error}", 0
         except (OSError, UnidentifiedImageError, ValueError) as error:
             return index, f"cannot read image {where}: {type(error).__name__}: {error}", 0
         width, height = getattr(item, "width", None), getattr(item, "height", None)

@@ -16,7 +16,7 @@ import pandas as pd
 from ..errors import DatasetError
 from ..io import write_json
 from .provenance import environment, git_state, utc_now
-from .tables import combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
+from .tables import DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
 
 
 # The backbone the paper's numbers were measured with (its tables' reference rows).
@@ -36,6 +36,18 @@ def is_paper_backbone(meta: Mapping[str, Any]) -> bool:
     model, info = (meta.get("config") or {}).get("model") or {}, meta.get("model") or {}
     return model.get("name") == PAPER_BACKBONE["name"] and all(
         info.get(key) == value for key, value in PAPER_BACKBONE.items() if key != "name")
+
+
+def with_deltas(table: pd.DataFrame, measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """``table`` plus one row ``<prompt> [ours - paper]`` per prompt both report (source ``delta``)."""
+    shared = [row for row in measured.index if row in paper.index]
+    deltas = measured.loc[shared] - paper.reindex(index=shared, columns=measured.columns)
+    deltas.insert(0, "source", DELTA)
+    deltas.insert(1, "model", "")
+    deltas.index = [f"{row} [ours - paper]" for row in shared]
+    combined = pd.concat([table, deltas])
+    combined.index.name = "prompt"
+    return combined
 
 
 def build_paper_table(config: dict) -> pd.DataFrame:
@@ -70,8 +82,11 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     measured.index.name = "prompt"
     models = " + ".join(dict.fromkeys(source["model"] for source in sources.values()))
     if task.get("paper_csv"):
-        table = combine_with_paper(measured, paper_table(task["paper_csv"]), measured_model=models,
+        paper = paper_table(task["paper_csv"])
+        table = combine_with_paper(measured, paper, measured_model=models,
                                    paper_model=f"{PAPER_BACKBONE['name']} (paper)")
+        if task.get("deltas"):
+            table = with_deltas(table, measured, paper)
     else:
         table = measured
     name = config["experiment_name"]

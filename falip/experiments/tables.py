@@ -16,6 +16,7 @@ from ..io import atomic_write_text
 
 MEASURED = "measured"
 PAPER = "paper (reference)"
+DELTA = "ours - paper"
 
 
 def accuracy_table(columns: Mapping[str, Mapping[str, float]], row_order: Sequence[str]) -> pd.DataFrame:

@@ -90,16 +90,21 @@ def _tight_box(mask: np.ndarray) -> tuple[float, float, float, float]:
 
 def generate_scene(rng: np.random.Generator, num_objects: int, width: int = 64, height: int = 64,
                    min_size: float = 0.18, max_size: float = 0.32, margin: int = 2,
-                   colour_jitter: int = 18, max_tries: int = 200) -> Scene:
+                   colour_jitter: int = 18, max_tries: int = 200, classes=None) -> Scene:
     """A scene with ``num_objects`` (1-4) distinct objects; sizes are fractions of the short side.
 
-    Raises ``RuntimeError`` when the objects cannot be placed without overlap (too many / too big).
+    ``classes`` (indices into :data:`CLASSES`, one per object) chooses the objects instead of the
+    random draw; repeats are then allowed (several objects of one class). Raises ``RuntimeError``
+    when the objects cannot be placed without overlap (too many / too big).
     """
     if not 1 <= num_objects <= len(CLASSES):
         raise ValueError(f"num_objects must be in 1..{len(CLASSES)}, got {num_objects}")
     short = min(width, height)
     pixels = _background(rng, width, height)
-    classes = rng.choice(len(CLASSES), size=num_objects, replace=False)
+    if classes is None:
+        classes = rng.choice(len(CLASSES), size=num_objects, replace=False)
+    elif len(classes) != num_objects:
+        raise ValueError(f"classes names {len(classes)} objects, num_objects is {num_objects}")
     placed: list[tuple[int, int, int, int]] = []
     objects: list[SceneObject] = []
     for class_index in classes:
