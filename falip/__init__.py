@@ -3,12 +3,14 @@ from .encoding.regions import encode_regions
 from .encoding.text import TextCache
 from .model.bias import bias_from_token_weights, foveal_attention_bias, foveal_token_weights, roa_cells
 from .model.clip import CheckpointNotFoundError, FoveatedCLIP
+from .model.heads import head_contributions
 from .version import __version__
 
 __all__ = [
     "FoveatedCLIP",
     "encode_regions",
     "TextCache",
+    "head_contributions",
     "CheckpointNotFoundError",
     "foveal_attention_bias",
     "foveal_token_weights",

@@ -28,7 +28,7 @@ from ..errors import FalipError
 from ..geometry import Box, Region
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
-from ..prompts.prompt import VisualPrompt
+from ..prompts.prompt import VisualPrompt, roa_token_mask
 
 
 @dataclass
@@ -60,6 +60,7 @@ class RegionInputs:
     input_regions: list[Region] | None
     num_regions: int
     rows: int
+    reference_pixels: torch.Tensor | None = None  # the unedited image (1 row), for two-stream interventions
 
 
 def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, regions: Sequence[Region | Box],
@@ -84,9 +85,10 @@ def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, regions
         pixels = preprocessor(image, resize)
         frames = [(image.size, region) for region in regions]
     input_regions = None
-    if prompt.bias is not None:
+    if prompt.bias is not None or prompt.intervention is not None:
         input_regions = [preprocessor.geometry(w, h, resize).region_to_input(region) for (w, h), region in frames]
-    return RegionInputs(pixels, input_regions, count, rows=count)
+    reference = preprocessor(image, resize) if prompt.needs_reference_image else None
+    return RegionInputs(pixels, input_regions, count, rows=count, reference_pixels=reference)
 
 
 class RegionEncoder:
@@ -109,7 +111,7 @@ class RegionEncoder:
         self.image_forwards = 0
         self.unbiased_layer_rows = 0
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
-        self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded], in order
+        self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded, reference pixels], in order
         self._queued_regions: list[Region] = []
         self._queued_rows = 0
         self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
@@ -121,14 +123,20 @@ class RegionEncoder:
             return None
         return list(self.prompt.bias.layers)
 
+    @property
+    def num_heads(self) -> int:
+        return int(self.model.clip.config.vision_config.num_attention_heads)
+
     def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
-        if self.prompt.bias is not None and (inputs.input_regions is None or len(inputs.input_regions) != inputs.rows):
-            raise ValueError(f"prompt {self.prompt.name!r} has a bias: its inputs need one input region per row")
+        if (self.prompt.bias is not None or self.prompt.intervention is not None) and (
+                inputs.input_regions is None or len(inputs.input_regions) != inputs.rows):
+            raise ValueError(f"prompt {self.prompt.name!r} has a bias or an intervention: its inputs need one "
+                             f"input region per row")
         if inputs.pixels.shape[0] not in (1, inputs.rows):
             raise ValueError(f"inputs have {inputs.pixels.shape[0]} pixel rows for {inputs.rows} forward rows")
         self._waiting.append((key, inputs))
-        self._queued.append([inputs.pixels, inputs.rows])
+        self._queued.append([inputs.pixels, inputs.rows, inputs.reference_pixels])
         self._queued_regions.extend(inputs.input_regions or [])
         self._queued_rows += inputs.rows
         while self._queued_rows >= self.batch_size:
@@ -141,13 +149,18 @@ class RegionEncoder:
             self._forward(min(self.batch_size, self._queued_rows))
         return self._ready()
 
-    def _take_rows(self, count: int) -> tuple[torch.Tensor, list[int] | None]:
-        """Pixels and ``image_index`` of the next ``count`` queued rows (index None: one pixel row per row)."""
+    def _take_rows(self, count: int):
+        """Pixels and ``image_index`` of the next ``count`` queued rows (index None: one pixel row per row),
+        and the reference pixels (one per image) with the reference row of each row, when queued."""
         parts, index, offset, left = [], [], 0, count
+        references, reference_index = [], []
         while left:
-            entry = self._queued[0]  # [pixels, rows not yet forwarded]
+            entry = self._queued[0]  # [pixels, rows not yet forwarded, reference pixels]
             pixels = entry[0]
             take = min(left, entry[1])
+            if entry[2] is not None:
+                references.append(entry[2])
+                reference_index.extend([len(references) - 1] * take)
             if pixels.shape[0] == 1:  # every row of this image reads the same pixels: pass them once
                 parts.append(pixels)
                 index.extend([offset] * take)
@@ -162,16 +175,21 @@ class RegionEncoder:
             if entry[1] == 0:
                 self._queued.popleft()
         pixels = torch.cat(parts) if len(parts) > 1 else parts[0]
-        return pixels, (None if offset == count else index)
+        reference = (torch.cat(references), reference_index) if references else (None, None)
+        return pixels, (None if offset == count else index), reference
 
     @torch.no_grad()
     def _forward(self, count: int) -> None:
-        pixels, image_index = self._take_rows(count)
-        bias = None
-        if self.prompt.bias is not None:
-            regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
-            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size)
-        embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index)
+        pixels, image_index, (reference_pixels, reference_index) = self._take_rows(count)
+        bias, roa_tokens, intervention = None, None, self.prompt.intervention
+        regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
+        if self.bias is not None:
+            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size, num_heads=self.num_heads)
+        if intervention is not None:
+            roa_tokens = roa_token_mask(regions, self.model.image_size, self.model.patch_size)
+        embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index,
+                                             intervention=intervention, reference_pixels=reference_pixels,
+                                             reference_index=reference_index, roa_tokens=roa_tokens)
         self._done.append(embeddings.float().cpu())
         self._done_rows += count
         self._queued_rows -= count
@@ -230,7 +248,9 @@ class _PreparedItems(Dataset):
         except ValueError as error:  # BoxError is a ValueError
             return index, f"image {where}: {error}", 0
         if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
-            prepared = {name: replace(inputs, pixels=inputs.pixels.numpy()) for name, inputs in prepared.items()}
+            prepared = {name: replace(inputs, pixels=inputs.pixels.numpy(), reference_pixels=None if
+                                      inputs.reference_pixels is None else inputs.reference_pixels.numpy())
+                        for name, inputs in prepared.items()}
         clipped = sum(Region.of(region).num_clipped(image.width, image.height) for region in self.regions[index])
         return index, prepared, clipped
 
@@ -281,6 +301,8 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
         for name, inputs in prepared.items():
             if not isinstance(inputs.pixels, torch.Tensor):  # from a dataloader worker
                 inputs.pixels = torch.from_numpy(inputs.pixels)
+                if inputs.reference_pixels is not None:
+                    inputs.reference_pixels = torch.from_numpy(inputs.reference_pixels)
             yield from collect(name, encoders[name].add(index, inputs))
     for name, encoder in encoders.items():
         yield from collect(name, encoder.flush())

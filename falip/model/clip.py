@@ -21,6 +21,7 @@ from torch import nn
 from ..errors import FalipError
 from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
+from .interventions import Intervention, capture, hooks, resolve_layers
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 
 BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
@@ -257,6 +258,10 @@ class FoveatedCLIP(nn.Module):
         bias_layers: Sequence[int] | None = None,
         image_index: torch.Tensor | Sequence[int] | None = None,
         requires_grad: bool = False,
+        intervention: Intervention | None = None,
+        reference_pixels: torch.Tensor | None = None,
+        reference_index: torch.Tensor | Sequence[int] | None = None,
+        roa_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L2-normalised projected image embeddings ``(B, D)``, computed under ``torch.inference_mode``
         unless ``requires_grad=True`` (then autograd records the call, e.g. for attribution maps).
@@ -272,32 +277,63 @@ class FoveatedCLIP(nn.Module):
         (for the released protocol's last 4 of 12 layers, 8 layers once per image instead of once per
         region). Only the rounding of the batched matrix products can differ from passing the
         expanded pixels.
+
+        ``intervention`` (:mod:`falip.model.interventions`) acts inside the attention of its layers
+        for this call only. Two-stream interventions read a reference stream: ``reference_pixels``
+        (the unedited image, one row per image, ``reference_index`` mapping rows to it) or, when not
+        given, ``pixel_values`` themselves run without the bias. ``roa_tokens`` ``(B, T)`` bool marks
+        each row's [CLS] + ROA tokens (for ``feature_mask``).
         """
         with _autograd(requires_grad):
-            return self._encode_image(pixel_values, attention_bias, bias_layers, image_index)
+            return self._encode_image(pixel_values, attention_bias, bias_layers, image_index, intervention,
+                                      reference_pixels, reference_index, roa_tokens)
 
     def _encode_image(self, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None,
-                      bias_layers: Sequence[int] | None, image_index) -> torch.Tensor:
+                      bias_layers: Sequence[int] | None, image_index, intervention: Intervention | None = None,
+                      reference_pixels: torch.Tensor | None = None, reference_index=None,
+                      roa_tokens: torch.Tensor | None = None) -> torch.Tensor:
         pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
         index = self._image_index(image_index, pixel_values.shape[0])
         rows = pixel_values.shape[0] if index is None else index.shape[0]
-        if attention_bias is None:
+        if attention_bias is None and intervention is None:
             features = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
             features = features / features.norm(dim=-1, keepdim=True)
             return features if index is None else features[index]
         if self.attn_implementation not in BIAS_ATTN_IMPLEMENTATIONS:
             raise ValueError(f"an attention bias needs attn_implementation in {BIAS_ATTN_IMPLEMENTATIONS}; "
                              f"this model uses {self.attn_implementation!r}")
-        layers = self._layer_set(bias_layers)
-        first_biased = min(layers, default=self.num_layers)
+        biased = self._layer_set(bias_layers) if attention_bias is not None else set()
+        acted = set(resolve_layers(intervention.layers, self.num_layers)) if intervention is not None else set()
+        encoder_layers = self.clip.vision_model.encoder.layers
+        registrations = []
+        if intervention is not None:
+            one_pass = reference_pixels is None  # same pixels as the reference (a bias-only prompt)
+            needed = intervention.references(one_pass)
+            reference, row_index = {}, None
+            if needed:
+                source = pixel_values if one_pass else reference_pixels.to(device=self.device, dtype=self.dtype)
+                source_index = index if one_pass else self._image_index(reference_index, source.shape[0])
+                with capture({i: encoder_layers[i] for i in acted}, needed) as store:
+                    self._run_layers(source, None, set(), None)
+                reference, row_index = dict(store), source_index
+            registrations = intervention.registrations({i: encoder_layers[i] for i in acted}, reference, row_index,
+                                                       None if roa_tokens is None else roa_tokens.to(self.device))
+        mask = self._bias_as_mask(attention_bias, rows, self.dtype) if attention_bias is not None else None
+        with hooks(registrations):
+            return self._run_layers(pixel_values, mask, biased, index, first=min(biased | acted, default=self.num_layers))
+
+    def _run_layers(self, pixel_values: torch.Tensor, mask: torch.Tensor | None, biased: set[int],
+                    index: torch.Tensor | None, first: int | None = None) -> torch.Tensor:
+        """The vision tower layer by layer: ``mask`` added in the ``biased`` layers; rows gathered by
+        ``index`` before layer ``first`` (the first layer where rows of one image differ)."""
         vision = self.clip.vision_model
+        first = min(biased, default=self.num_layers) if first is None else first
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        mask = self._bias_as_mask(attention_bias, rows, hidden.dtype)
         for position, layer in enumerate(vision.encoder.layers):
-            if position == first_biased and index is not None:
-                hidden = hidden[index]  # from here on each region has its own bias
-            hidden = layer(hidden, mask if position in layers else None)
-        if first_biased == self.num_layers and index is not None:
+            if position == first and index is not None:
+                hidden = hidden[index]  # from here on each region has its own bias / intervention
+            hidden = layer(hidden, mask if position in biased else None)
+        if first == self.num_layers and index is not None:
             hidden = hidden[index]
         features = self.clip.visual_projection(vision.post_layernorm(hidden[:, 0]))
         return features / features.norm(dim=-1, keepdim=True)

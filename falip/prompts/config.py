@@ -22,10 +22,11 @@ from typing import Any, Mapping
 
 from ..errors import ConfigError
 from .edits import EDITS
-from .prompt import FovealBias, VisualPrompt
+from ..model.interventions import INTERVENTIONS, Intervention
+from .prompt import FovealBias, PastaBias, RoaMaskBias, VisualPrompt
 
-BIASES: dict[str, type[FovealBias]] = {FovealBias.name: FovealBias}
-PROMPT_KEYS = ("edits", "bias", "grid")
+BIASES: dict[str, type] = {cls.name: cls for cls in (FovealBias, PastaBias, RoaMaskBias)}
+PROMPT_KEYS = ("edits", "bias", "intervention", "grid")
 
 
 def _options(cls: type, spec: Mapping[str, Any], kind: str, where: str) -> dict[str, Any]:
@@ -58,11 +59,23 @@ def bias_from_config(spec: Mapping[str, Any] | str | None, where: str,
     if spec is None:
         return None
     spec = {"name": spec} if isinstance(spec, str) else dict(spec)
-    merged = {**dict(foveal or {}), **spec}
+    kind = spec.get("name", FovealBias.name)
+    merged = {**dict(foveal or {}), **spec} if kind == FovealBias.name else spec  # partial specs merge over ${foveal}
     name = merged.pop("name", FovealBias.name)
     if name not in BIASES:
         raise ConfigError(f"{where}: unknown bias {name!r}; known: {sorted(BIASES)}")
     return _construct(BIASES[name], _options(BIASES[name], merged, "bias", where), where)
+
+
+def intervention_from_config(spec: Mapping[str, Any] | str | None, where: str) -> Intervention | None:
+    """An attention intervention from ``name`` or ``{name, ...options}`` (registry ``INTERVENTIONS``)."""
+    if spec is None:
+        return None
+    spec = {"name": spec} if isinstance(spec, str) else dict(spec)
+    name = spec.pop("name", None)
+    if name not in INTERVENTIONS:
+        raise ConfigError(f"{where}: unknown intervention {name!r}; known: {sorted(INTERVENTIONS)}")
+    return _construct(INTERVENTIONS[name], _options(INTERVENTIONS[name], spec, "intervention", where), where)
 
 
 def _grid_points(name: str, grid: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -101,7 +114,8 @@ def prompts_from_spec(name: str, spec: Mapping[str, Any] | None,
         bias_spec = spec.get("bias")
         if point:
             bias_spec = {**({"name": bias_spec} if isinstance(bias_spec, str) else dict(bias_spec)), **point}
-        prompts.append(VisualPrompt(label, edits, bias_from_config(bias_spec, f"prompt {label!r}", foveal)))
+        prompts.append(VisualPrompt(label, edits, bias_from_config(bias_spec, f"prompt {label!r}", foveal),
+                                    intervention_from_config(spec.get("intervention"), where)))
     return prompts
 
 

@@ -17,6 +17,7 @@ Tasks never branch on a prompt's name: they hand (image, boxes, prompt) to the r
 """
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, ClassVar, Sequence
 
@@ -27,6 +28,7 @@ from ..geometry import Box, Region
 from ..model.bias import (CELL_RULES, DEFAULT_EPS, DEFAULT_SIGMA, FORMULATIONS, bias_from_token_weights,
                           foveal_region_weights)
 from ..model.clip import FoveatedCLIP
+from ..model.interventions import Intervention
 from .edits import BlurOutside, Crop, Edited, GrayscaleOutside, ImageEdit, RedCircle
 
 # The layers the released FALIP code biases: the last 4 (of ViT-B/16's 12).
@@ -72,7 +74,8 @@ class FovealBias:
         """This bias with ``alpha=None`` replaced by the model's :attr:`~FoveatedCLIP.foveal_alpha`."""
         return self if self.alpha is not None else replace(self, alpha=model.foveal_alpha)
 
-    def build(self, input_regions: Sequence[Region | Box], image_size: int, patch_size: int) -> torch.Tensor:
+    def build(self, input_regions: Sequence[Region | Box], image_size: int, patch_size: int,
+              num_heads: int | None = None) -> torch.Tensor:
         """``(K, T, T)`` float32 bias for K regions (or boxes) in model-input pixels (``alpha`` must be
         set: :meth:`for_model`). A region of several boxes gets the max of their biases; a masked one
         only the tokens its mask covers (:func:`falip.model.bias.foveal_region_weights`)."""
@@ -88,13 +91,95 @@ class FovealBias:
         return {"name": self.name, **values}
 
 
+def roa_token_mask(input_regions: Sequence[Region | Box], image_size: int, patch_size: int,
+                   cell_rule: str = "released") -> torch.Tensor:
+    """``(K, T)`` bool: ``[CLS]`` and the patch tokens of each region (its foveal weights' support)."""
+    weights = foveal_region_weights(list(input_regions), image_size, patch_size, alpha=1.0, cell_rule=cell_rule)
+    inside = weights.reshape(weights.shape[0], -1) > 0
+    return torch.cat([torch.ones(inside.shape[0], 1, dtype=torch.bool), inside], dim=1)
+
+
+@dataclass(frozen=True)
+class PastaBias:
+    """PASTA (post-hoc attention steering, Zhang et al. 2024) on CLIP: ``log(alpha)`` is added to the
+    attention logits of every query row for the keys *outside* the region (and [CLS]), in ``heads``
+    (``None`` = all) of ``layers`` -- down-weighting them by ``alpha`` before renormalisation. The
+    adaptation to CLIP is inferred (docs/method.md). ``alpha = 1`` is plain CLIP."""
+
+    name: ClassVar[str] = "pasta"
+    alpha: float = 0.01
+    layers: tuple[int, ...] | None = RELEASED_LAYERS
+    heads: tuple[int, ...] | None = None
+    cell_rule: str = "released"
+
+    def __post_init__(self) -> None:
+        if isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not 0 < self.alpha <= 1:
+            raise ValueError(f"pasta alpha must be in (0, 1], got {self.alpha!r}")
+        for key in ("layers", "heads"):
+            if getattr(self, key) is not None:
+                object.__setattr__(self, key, tuple(int(v) for v in getattr(self, key)))
+
+    def for_model(self, model: FoveatedCLIP) -> "PastaBias":
+        return self
+
+    def build(self, input_regions: Sequence[Region | Box], image_size: int, patch_size: int,
+              num_heads: int | None = None) -> torch.Tensor:
+        """``(K, T, T)`` (all heads) or ``(K, H, T, T)`` (chosen heads; needs ``num_heads``)."""
+        keep = roa_token_mask(input_regions, image_size, patch_size, self.cell_rule)  # (K, T)
+        bias = torch.zeros(keep.shape[0], keep.shape[1], keep.shape[1])
+        bias[:, :, :] = torch.where(keep, 0.0, math.log(self.alpha))[:, None, :]
+        if self.heads is None:
+            return bias
+        if num_heads is None:
+            raise ValueError("a PASTA bias on chosen heads needs num_heads")
+        per_head = torch.zeros(keep.shape[0], num_heads, keep.shape[1], keep.shape[1])
+        per_head[:, list(self.heads)] = bias[:, None]
+        return per_head
+
+    def config(self) -> dict[str, Any]:
+        values = asdict(self)
+        for key in ("layers", "heads"):
+            values[key] = list(values[key]) if values[key] is not None else None
+        return {"name": self.name, **values}
+
+
+@dataclass(frozen=True)
+class RoaMaskBias:
+    """The hard feature mask: ``[CLS]`` attends only to itself and the region's tokens (``-inf`` on every
+    other key of its row) in ``layers`` -- the attention-level variant of the paper's "feature mask"."""
+
+    name: ClassVar[str] = "roa_mask"
+    layers: tuple[int, ...] | None = RELEASED_LAYERS
+    cell_rule: str = "released"
+
+    def __post_init__(self) -> None:
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(int(v) for v in self.layers))
+
+    def for_model(self, model: FoveatedCLIP) -> "RoaMaskBias":
+        return self
+
+    def build(self, input_regions: Sequence[Region | Box], image_size: int, patch_size: int,
+              num_heads: int | None = None) -> torch.Tensor:
+        keep = roa_token_mask(input_regions, image_size, patch_size, self.cell_rule)
+        bias = torch.zeros(keep.shape[0], keep.shape[1], keep.shape[1])
+        bias[:, 0, :] = torch.where(keep, 0.0, float("-inf"))
+        return bias
+
+    def config(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["layers"] = list(values["layers"]) if values["layers"] is not None else None
+        return {"name": self.name, **values}
+
+
 @dataclass(frozen=True)
 class VisualPrompt:
     """A named (edit chain, attention bias) pair: how a region is shown to CLIP."""
 
     name: str
     edits: tuple[ImageEdit, ...] = field(default=())
-    bias: FovealBias | None = None
+    bias: FovealBias | PastaBias | RoaMaskBias | None = None
+    intervention: Intervention | None = None
 
     @property
     def edits_depend_on_region(self) -> bool:
@@ -104,7 +189,13 @@ class VisualPrompt:
     @property
     def region_dependent(self) -> bool:
         """False for plain CLIP: every region of an image then has the same embedding (one forward)."""
-        return self.edits_depend_on_region or self.bias is not None
+        return self.edits_depend_on_region or self.bias is not None or self.intervention is not None
+
+    @property
+    def needs_reference_image(self) -> bool:
+        """The intervention reads a reference stream of the *unedited* image (edited pixels differ)."""
+        return self.intervention is not None and self.edits_depend_on_region and bool(
+            self.intervention.references(one_pass=False))
 
     def apply_edits(self, image: Image.Image, regions: Sequence[Region | Box]) -> list[Edited]:
         """Run the edit chain for every region: ``[(edited image, region in its frame), ...]``."""
@@ -118,7 +209,8 @@ class VisualPrompt:
 
     def config(self) -> dict[str, Any]:
         return {"edits": [edit.config() for edit in self.edits],
-                "bias": self.bias.config() if self.bias is not None else None}
+                "bias": self.bias.config() if self.bias is not None else None,
+                "intervention": self.intervention.config() if self.intervention is not None else None}
 
 
 # The paper's methods, ready to use from Python.

@@ -78,9 +78,9 @@ def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
     calls = []
     encode = model.encode_image
 
-    def spy(pixels, bias=None, layers=None, image_index=None):
+    def spy(pixels, bias=None, layers=None, image_index=None, **kwargs):
         calls.append((pixels.shape[0], None if bias is None else bias.shape[0], image_index))
-        return encode(pixels, bias, layers, image_index=image_index)
+        return encode(pixels, bias, layers, image_index=image_index, **kwargs)
 
     monkeypatch.setattr(model, "encode_image", spy)
     encoder = RegionEncoder(model, FALIP, batch_size=4)
@@ -101,8 +101,8 @@ def test_edited_regions_pass_one_pixel_row_each(model, monkeypatch):
     """RedCircle+FALIP edits each region: no pixels are shared, so no image_index is passed."""
     calls = []
     encode = model.encode_image
-    monkeypatch.setattr(model, "encode_image", lambda p, b=None, l=None, image_index=None: (
-        calls.append((p.shape[0], image_index)), encode(p, b, l, image_index=image_index))[1])
+    monkeypatch.setattr(model, "encode_image", lambda p, b=None, l=None, image_index=None, **kw: (
+        calls.append((p.shape[0], image_index)), encode(p, b, l, image_index=image_index, **kw))[1])
     encoder = RegionEncoder(model, RED_CIRCLE_FALIP, batch_size=4)
     encoder.add(0, prepare_regions(model.preprocessor, scene(0), BOXES, RED_CIRCLE_FALIP))
     encoder.add(1, prepare_regions(model.preprocessor, scene(1), BOXES[:2], RED_CIRCLE_FALIP))
