@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -14,11 +15,25 @@ from .io import cache_root
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
 
+def _output_dir(default: str) -> str:
+    """``run.output_dir``: ``default`` for a single run; ``<sweep dir>/<job number>`` in a Hydra multirun,
+    so that no two jobs of a sweep write the same file."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        sweep = HydraConfig.get().sweep
+        return str(Path(sweep.dir) / str(sweep.subdir))
+    return default
+
+
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("falip_sandbox_model"):
         OmegaConf.register_new_resolver("falip_sandbox_model", lambda: str(SANDBOX_MODEL_DIR))
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
+    if not OmegaConf.has_resolver("falip_output_dir"):
+        OmegaConf.register_new_resolver("falip_output_dir", _output_dir)
     if not OmegaConf.has_resolver("falip_cache"):
         OmegaConf.register_new_resolver("falip_cache", lambda: str(cache_root()))
 
@@ -35,8 +50,10 @@ def _fail(message: str, code: int) -> None:
 def _hydra_main(cfg: DictConfig) -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
+        from hydra.core.hydra_config import HydraConfig
+
         config = OmegaConf.to_container(cfg, resolve=True)
-        record = run_experiment(config)
+        record = run_experiment(config, overrides=list(HydraConfig.get().overrides.task))
     except (FalipError, OmegaConfBaseException) as error:
         if full_error:
             raise

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 import pandas as pd
 
 from ..errors import DatasetError
-from ..io import write_json
+from ..io import atomic_write_text, write_json
+from .plots import collect_plot
 from .provenance import environment, git_state, utc_now
 from .tables import DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
 
@@ -104,5 +105,44 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     return table
 
 
+def _value(text: str):
+    try:
+        return float(text)
+    except ValueError:
+        return text
+
+
+def collect_sweep(config: dict) -> pd.DataFrame:
+    """Merge a Hydra multirun's results (``sweep_dir``: one folder per job, each with its sidecar) into one
+    long-form CSV, ``<sweep_dir>/collected.csv`` (a row per job x experiment x prompt x column, with the
+    job's overrides as columns), and a plot of the value against the swept key (``task.x``, default: the
+    first override that varies and is numeric), ``<sweep_dir>/collected.png``."""
+    sweep = Path(config["sweep_dir"])
+    if not sweep.is_dir():
+        raise DatasetError(f"sweep_dir={sweep} is not a folder (a Hydra multirun's output: multirun/<date>)")
+    rows = []
+    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
+        meta = json.loads(sidecar.read_text())
+        if "table" not in meta or meta.get("status") != "complete":
+            continue
+        overrides = dict(item.split("=", 1) for item in meta.get("overrides") or [] if "=" in item)
+        for column, values in meta["table"].items():
+            for prompt, value in values.items():
+                rows.append({"job": sidecar.parent.name, **{k: _value(v) for k, v in overrides.items()},
+                             "experiment": meta["experiment"], "prompt": prompt, "column": column, "value": value})
+    if not rows:
+        raise DatasetError(f"{sweep} holds no finished job (<job>/<experiment>.json with status complete)")
+    frame = pd.DataFrame(rows)
+    path = sweep / "collected.csv"
+    atomic_write_text(path, frame.to_csv(index=False))
+    swept = [key for key in frame.columns if key not in ("job", "experiment", "prompt", "column", "value")
+             and frame[key].nunique() > 1 and pd.api.types.is_numeric_dtype(frame[key])]
+    x = config.get("task", {}).get("x") or (swept[0] if swept else None)
+    figure = collect_plot(frame, x, sweep / "collected.png") if x else None
+    print(frame.to_string(index=False))
+    print(f"\nwrote {path}" + (f" and {figure}" if figure else ""))
+    return frame
+
+
 # task.name of a report -> its builder. A report combines finished results: no model, no dataset.
-REPORTS = {"table": build_paper_table}
+REPORTS = {"table": build_paper_table, "collect": collect_sweep}

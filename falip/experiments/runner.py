@@ -30,6 +30,7 @@ from ..prompts.prompt import VisualPrompt
 from ..tasks import TASKS
 from ..tasks.base import Line, Task
 from .generated import materialize
+from .plots import grid_plot
 from .record import ExperimentRecord
 from .reports import REPORTS
 from .settings import check_run_settings
@@ -251,7 +252,7 @@ def load_splits(task: Task, dataset: Mapping[str, Any], limit: int | None) -> di
     return splits
 
 
-def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
+def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentRecord | None:
     """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report).
 
     Everything the user can get wrong is checked before the model loads: the run settings, the task,
@@ -277,6 +278,7 @@ def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
     model = load_model(config["model"], run)
     record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
                               [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")))
+    record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
     options = LoopOptions.from_config(run)
     texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
     try:
@@ -295,6 +297,11 @@ def run_experiment(config: Mapping[str, Any]) -> ExperimentRecord | None:
                 summary = result.console_summary(task.unit)
                 if summary:
                     print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)
+        if config.get("plot"):
+            points = {prompt.name: dict(prompt.grid_point) for prompt in prompts if prompt.grid_point}
+            figure = grid_plot(record.table(), points, config["plot"]["x"], config["plot"].get("lines"),
+                               record.output_dir / f"{record.name}.png", title=record.name)
+            record.extra["figure"] = str(figure)
     except BaseException as error:
         record.fail(error)
         raise

@@ -78,6 +78,10 @@ def intervention_from_config(spec: Mapping[str, Any] | str | None, where: str) -
     return _construct(INTERVENTIONS[name], _options(INTERVENTIONS[name], spec, "intervention", where), where)
 
 
+def _hashable(value: Any) -> Any:
+    return tuple(value) if isinstance(value, list) else value
+
+
 def _grid_points(name: str, grid: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     if not grid:
         return [(name, {})]
@@ -115,7 +119,8 @@ def prompts_from_spec(name: str, spec: Mapping[str, Any] | None,
         if point:
             bias_spec = {**({"name": bias_spec} if isinstance(bias_spec, str) else dict(bias_spec)), **point}
         prompts.append(VisualPrompt(label, edits, bias_from_config(bias_spec, f"prompt {label!r}", foveal),
-                                    intervention_from_config(spec.get("intervention"), where)))
+                                    intervention_from_config(spec.get("intervention"), where),
+                                    grid_point=tuple((key, _hashable(value)) for key, value in point.items())))
     return prompts
 
 

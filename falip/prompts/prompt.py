@@ -180,6 +180,7 @@ class VisualPrompt:
     edits: tuple[ImageEdit, ...] = field(default=())
     bias: FovealBias | PastaBias | RoaMaskBias | None = None
     intervention: Intervention | None = None
+    grid_point: tuple[tuple[str, Any], ...] = ()  # the values a config grid gave this prompt, e.g. (("alpha", 0.2),)
 
     @property
     def edits_depend_on_region(self) -> bool:

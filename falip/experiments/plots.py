@@ -1,0 +1,105 @@
+"""Figures people would rather look at than read: sweep curves, head-sensitivity heatmaps, attention maps.
+
+matplotlib (Agg backend: files only, no display) draws them; every figure is written next to the CSV
+it plots, so the numbers behind a picture are always one file away.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _sort_key(value) -> tuple:
+    return (0, float(value), "") if isinstance(value, (int, float)) else (1, 0.0, str(value))
+
+
+def grid_plot(table: pd.DataFrame, points: Mapping[str, Mapping[str, float]], x: str, lines: str | None,
+              path: str | Path, title: str = "") -> Path:
+    """Accuracy vs ``x`` (one line per value of ``lines``), one panel per table column. ``points``: prompt
+    name -> its grid values (e.g. ``{"alpha": 0.2, "sigma": 100}``); prompts without ``x`` are left out."""
+    plt = _pyplot()
+    columns = list(table.columns)
+    figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        groups: dict = {}
+        for prompt, values in points.items():
+            if x in values and prompt in table.index:
+                groups.setdefault(values.get(lines) if lines else None, []).append((values[x], table.loc[prompt, column]))
+        for key, pairs in sorted(groups.items(), key=lambda item: _sort_key(item[0])):
+            pairs.sort()
+            axis.plot([p[0] for p in pairs], [p[1] for p in pairs], marker="o", label=f"{lines}={key}" if lines else None)
+        for prompt in table.index:  # prompts outside the grid (e.g. Original CLIP) as reference lines
+            if prompt not in points:
+                axis.axhline(table.loc[prompt, column], linestyle="--", color="gray", linewidth=1)
+                axis.annotate(prompt, (0.01, table.loc[prompt, column]), xycoords=("axes fraction", "data"),
+                              fontsize=7, color="gray", va="bottom")
+        xs = sorted({p[0] for pairs in groups.values() for p in pairs})
+        if xs and xs[0] > 0 and len(xs) > 2:
+            axis.set_xscale("log")
+            axis.minorticks_off()
+            axis.set_xticks(xs, [f"{v:g}" for v in xs])
+        axis.set_xlabel(x)
+        axis.set_ylabel("accuracy (%)")
+        axis.set_title(str(column))
+        if lines:
+            axis.legend(fontsize=7)
+        axis.grid(alpha=0.3)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def heatmap(matrix: np.ndarray, path: str | Path, title: str, row_labels: Sequence[str], column_labels: Sequence[str],
+            value_label: str = "") -> Path:
+    """A layer x head (or any) matrix as an annotated heatmap."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(0.5 * len(column_labels) + 2.5, 0.4 * len(row_labels) + 1.6))
+    image = axis.imshow(matrix, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(column_labels)), column_labels, fontsize=7)
+    axis.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
+    axis.set_xlabel("head")
+    axis.set_ylabel("layer")
+    axis.set_title(title, fontsize=9)
+    figure.colorbar(image, ax=axis, label=value_label)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
+
+
+def collect_plot(frame: pd.DataFrame, x: str, path: str | Path) -> Path:
+    """A sweep's long-form results: value vs ``x``, one line per prompt, one panel per column."""
+    plt = _pyplot()
+    columns = list(dict.fromkeys(frame["column"]))
+    figure, axes = plt.subplots(1, len(columns), figsize=(4.2 * len(columns), 3.4), squeeze=False)
+    for axis, column in zip(axes[0], columns):
+        part = frame[frame["column"] == column]
+        for prompt, rows in part.groupby("prompt", sort=False):
+            rows = rows.sort_values(x)
+            axis.plot(rows[x], rows["value"], marker="o", label=prompt)
+        axis.set_xlabel(x)
+        axis.set_title(str(column))
+        axis.grid(alpha=0.3)
+    axes[0][0].set_ylabel("value (%)")
+    axes[0][-1].legend(fontsize=7)
+    figure.tight_layout()
+    path = Path(path)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path
