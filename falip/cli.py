@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import FalipError
 from .experiments.runner import run_experiment
+from .experiments.tables import paper_table
 from .io import cache_root
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
@@ -67,6 +68,9 @@ def _hydra_main(cfg: DictConfig) -> None:
         table = record.table()
         print(f"\n{config['experiment_name']}: % -- rows: prompts, columns: splits (and metrics)")
         print(table.round(2).to_string(na_rep="-"))
+        if config.get("paper_reference"):
+            print(f"\npaper (reference only; ViT-B/16 on RefCOCO, not comparable with other models or data):")
+            print(paper_table(config["paper_reference"]).to_string(na_rep="-"))
         print(f"\nwrote {record.csv_path} and {record.json_path}")
 
 

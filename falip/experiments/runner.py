@@ -17,18 +17,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import torch
+from PIL import Image
 
+from ..data.images import read_rgb
 from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
+from ..geometry import Region
 from ..io import atomic_write_text, cache_root
 from ..model.clip import FoveatedCLIP
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
 from ..tasks import TASKS
 from ..tasks.base import Line, Task
+from .analyses import attention_maps, head_sensitivity
 from .generated import materialize
 from .plots import grid_plot
 from .record import ExperimentRecord
@@ -252,6 +257,51 @@ def load_splits(task: Task, dataset: Mapping[str, Any], limit: int | None) -> di
     return splits
 
 
+def _head_sensitivity(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
+    task_cfg = config["task"]
+    source = TASKS[task_cfg["source"]].from_config(task_cfg.get("source_options") or {"templates": "simple"})
+    dataset = materialize(config["dataset"])
+    check_dataset(dataset)
+    splits = load_splits(source, dataset, None)
+    with torch.inference_mode():
+        head_sensitivity(model, source, splits, prompts, Path(config["run"]["output_dir"]), config["experiment_name"],
+                         task_cfg.get("max_items"), bool(config["run"].get("progress", True)))
+
+
+def _attention_maps(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
+    """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
+    task_cfg, out = config["task"], Path(config["run"]["output_dir"]) / config["experiment_name"]
+    if config.get("image"):
+        path = Path(config["image"])
+        if not path.is_file():
+            raise DatasetError(f"image={path} is not a file")
+        image = read_rgb(path)
+        if not config.get("boxes"):
+            raise ConfigError("attention_maps needs boxes=[[x0,y0,x1,y1]] (pixels of the image) with image=")
+        boxes, stem = [tuple(float(v) for v in box) for box in config["boxes"]], path.stem
+    else:
+        image, boxes, stem = example_image(int(config["run"].get("seed", 0)))
+    frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
+                           layer=task_cfg.get("layer", -1), resize=task_cfg.get("resize", "squash"))
+    print(frame.to_string(index=False))
+    print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
+
+
+def example_image(seed: int):
+    """An example when no image is given: three shapes on noise, the ROA around the first."""
+    rng = np.random.default_rng(seed)
+    width, height = 96, 80
+    image = np.clip(rng.normal(120, 30, (height, width, 3)), 0, 255).astype("uint8")
+    boxes = [(8, 10, 34, 36), (52, 30, 82, 62), (14, 50, 40, 74)]
+    for (x0, y0, x1, y1), colour in zip(boxes, [(225, 35, 35), (45, 75, 230), (40, 175, 60)]):
+        image[y0:y1, x0:x1] = colour
+    return Image.fromarray(image), [tuple(float(v) for v in boxes[0])], "example"
+
+
+# task.name of an analysis -> its runner (config, model, prompts): no scoring loop, figures + CSVs.
+ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps}
+
+
 def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentRecord | None:
     """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report).
 
@@ -263,10 +313,15 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
     if task_name in REPORTS:
         REPORTS[task_name](config)
         return None
-    if task_name not in TASKS:
-        raise ConfigError(f"task.name={task_name!r} is not a known task; known: {sorted(TASKS) + sorted(REPORTS)}")
     run = config["run"]
     check_run_settings(run)
+    if task_name in ANALYSES:
+        prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
+        ANALYSES[task_name](config, load_model(config["model"], run), prompts)
+        return None
+    if task_name not in TASKS:
+        known = sorted(TASKS) + sorted(REPORTS) + sorted(ANALYSES)
+        raise ConfigError(f"task.name={task_name!r} is not a known task; known: {known}")
     task = TASKS[task_name].from_config(config["task"])
     torch.manual_seed(int(run.get("seed", 0)))
     prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))

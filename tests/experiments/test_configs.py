@@ -23,7 +23,7 @@ def test_experiment_composes_and_builds_its_prompts(name):
         return
     prompts = prompts_from_config(config["prompts"], foveal=config["foveal"])
     assert prompts and len({p.name for p in prompts}) == len(prompts)
-    assert all(p.bias is None or p.bias.alpha > 0 for p in prompts)
+    assert all(p.bias is None or getattr(p.bias, "alpha", 1) > 0 for p in prompts)
 
 
 def test_default_run_is_the_sandbox_rec_experiment():

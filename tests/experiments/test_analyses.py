@@ -1,0 +1,82 @@
+"""The analysis experiments offline: attention maps, head sensitivity, sweeps (one run and Hydra multirun
++ collect), and the attention-manipulation / Unleash comparisons, on the sandbox model."""
+import json
+import os
+import subprocess
+import sys
+
+import pandas as pd
+import pytest
+import torch
+
+from falip.cli import compose
+from falip.experiments.analyses import attention_maps
+from falip.experiments.runner import example_image, run_experiment
+from falip.model.attention_maps import cls_attention_map
+from falip.prompts import FALIP, ORIGINAL_CLIP, RED_CIRCLE
+
+
+def test_attention_inside_the_roa_rises_under_falip(sandbox_clip, tmp_path):
+    image, boxes, _ = example_image(0)
+    frame = attention_maps(sandbox_clip, image, boxes, [ORIGINAL_CLIP, RED_CIRCLE, FALIP], tmp_path / "map.png")
+    share = dict(zip(frame["prompt"], frame["roa_attention_share"]))
+    assert share["FALIP"] > share["Original CLIP"] + 0.2, share
+    assert (tmp_path / "map.png").stat().st_size > 10_000 and (tmp_path / "map.csv").is_file()
+    rollout = attention_maps(sandbox_clip, image, boxes, [ORIGINAL_CLIP, FALIP], tmp_path / "r.png", layer="rollout")
+    assert rollout["roa_attention_share"].iloc[1] > rollout["roa_attention_share"].iloc[0]
+
+
+def test_attention_maps_are_distributions_over_the_patches(tiny_clip):
+    pixels = torch.randn(2, 3, 32, 32)
+    for layer in (0, -1, "rollout"):
+        grid = cls_attention_map(tiny_clip, pixels, layer=layer)
+        assert grid.shape == (2, 4, 4) and (grid >= 0).all() and (grid.sum((1, 2)) <= 1 + 1e-5).all()
+
+
+@pytest.mark.slow
+def test_head_sensitivity_writes_a_layer_by_head_table_and_heatmaps(tmp_path, monkeypatch):
+    monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
+    run_experiment(compose(["experiment=shapes_head_sensitivity", "dataset.generator.scenes_per_split=6",
+                            "task.max_items=6", "run.progress=false", f"run.output_dir={tmp_path}"]))
+    table = pd.read_csv(tmp_path / "shapes_head_sensitivity.csv")
+    assert set(table["prompt"]) == {"RedCircle", "FALIP"} and len(table) == 2 * 4 * 4
+    assert (table["mean_change"] > 0).all()
+    assert (tmp_path / "shapes_head_sensitivity_FALIP.png").is_file()
+
+
+@pytest.mark.slow
+def test_sweep_in_one_run_writes_every_point_and_a_plot(tmp_path, monkeypatch):
+    monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
+    run_experiment(compose(["experiment=shapes_sweep", "dataset.generator.scenes_per_split=6", "run.progress=false",
+                            f"run.output_dir={tmp_path}"]))
+    table = pd.read_csv(tmp_path / "shapes_sweep.csv", index_col=0)
+    assert len(table) == 1 + 5 * 3 and "FALIP alpha=8.0 sigma=100.0" in table.index
+    assert (tmp_path / "shapes_sweep.png").stat().st_size > 10_000
+    assert json.loads((tmp_path / "shapes_sweep.json").read_text())["figure"].endswith("shapes_sweep.png")
+
+
+@pytest.mark.slow
+def test_attention_manipulation_and_unleash_run_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
+    for name, rows in (("shapes_attention_manipulation", 7), ("shapes_unleash", 4)):
+        run_experiment(compose([f"experiment={name}", "dataset.generator.scenes_per_split=6", "run.progress=false",
+                                f"run.output_dir={tmp_path}"]))
+        table = pd.read_csv(tmp_path / f"{name}.csv", index_col=0)
+        assert len(table) == rows and table.notna().all().all()
+
+
+@pytest.mark.slow
+def test_local_multirun_jobs_write_apart_and_collect_merges_them(tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FALIP_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, "-m", "falip.cli", "-m", "foveal.alpha=4.0,8.0", "dataset.generator.scenes_per_split=4",
+               "dataset.splits=[objects3]", "run.progress=false", "hydra.sweep.dir=sweep"]
+    done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert (tmp_path / "sweep" / "0" / "shapes_rec.csv").is_file() and (tmp_path / "sweep" / "1" / "shapes_rec.csv").is_file()
+    done = subprocess.run([sys.executable, "-m", "falip.cli", "experiment=collect", "sweep_dir=sweep"], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    collected = pd.read_csv(tmp_path / "sweep" / "collected.csv")
+    assert sorted(collected["foveal.alpha"].unique()) == [4.0, 8.0] and (tmp_path / "sweep" / "collected.png").is_file()
+    falip = collected[collected["prompt"] == "FALIP"]
+    assert len(falip) == 2 and set(falip["job"].astype(str)) == {"0", "1"}
