@@ -8,7 +8,7 @@ RUN := $(BIN)/falip-run
 ARGS ?=
 
 .PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation refcoco refcocop refcocog rec-table \
-        rec bench bench-bias bench-rec train-sandbox clean
+        rec bench bench-bias bench-rec bench-interventions train-sandbox clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
@@ -61,7 +61,9 @@ bench-bias: install
 	$(BIN)/python scripts/bench_bias_overhead.py
 bench-rec: install
 	$(BIN)/python scripts/bench_rec.py
-bench: bench-bias bench-rec
+bench-interventions: install
+	$(BIN)/python scripts/bench_interventions.py
+bench: bench-bias bench-rec bench-interventions
 
 train-sandbox: install
 	$(BIN)/python scripts/train_sandbox_clip.py
