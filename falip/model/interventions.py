@@ -23,6 +23,7 @@ Reference-stream tensors are captured by :func:`capture` and handed to the promp
 from __future__ import annotations
 
 import contextlib
+import csv
 from dataclasses import asdict, dataclass
 from typing import Any, ClassVar, Iterator, Sequence
 
@@ -139,11 +140,36 @@ class ReplaceQueriesKeys(ReplaceValues):
 
 @dataclass(frozen=True)
 class Unleash(Intervention):
-    """``[CLS]`` head outputs ``z'_h -> 2 z'_h - z_h`` in ``layers`` for ``heads`` (``None`` = all)."""
+    """``[CLS]`` head outputs ``z'_h -> 2 z'_h - z_h`` in ``layers`` for ``heads`` (``None`` = all).
+
+    ``top_k`` + ``calibration``: per layer, only the ``top_k`` heads with the largest mean change in a
+    head-sensitivity CSV (``falip-run experiment=head_sensitivity`` on a calibration split), for the
+    row ``calibration_prompt``."""
 
     name: ClassVar[str] = "unleash"
     layers: tuple[int, ...] | None = (-4, -3, -2, -1)
     heads: tuple[int, ...] | None = None
+    top_k: int | None = None
+    calibration: str | None = None
+    calibration_prompt: str = "FALIP"
+
+    def __post_init__(self) -> None:
+        if (self.top_k is None) != (self.calibration is None):
+            raise ValueError("unleash top_k and calibration go together (a head-sensitivity CSV and how many heads)")
+        if self.top_k is not None and self.heads is not None:
+            raise ValueError("unleash takes heads or top_k + calibration, not both")
+
+    def heads_of(self, layer: int, num_heads: int) -> list[int]:
+        """The heads acted on in ``layer`` (non-negative index, as in head-sensitivity CSVs)."""
+        if self.top_k is None:
+            return list(range(num_heads)) if self.heads is None else [int(h) for h in self.heads]
+        with open(self.calibration, newline="") as handle:
+            rows = [r for r in csv.DictReader(handle) if r["prompt"] == self.calibration_prompt
+                    and int(r["layer"]) == layer]
+        if not rows:
+            raise ValueError(f"{self.calibration} has no row for prompt {self.calibration_prompt!r}, layer {layer}")
+        ranked = sorted(rows, key=lambda r: -float(r["mean_change"]))
+        return sorted(int(r["head"]) for r in ranked[:self.top_k])
 
     def references(self, one_pass: bool) -> tuple[str, ...]:
         return () if one_pass else ("z",)
@@ -154,7 +180,7 @@ class Unleash(Intervention):
         for index, layer in layers.items():
             attention = layer.self_attn
             heads, size = attention.num_heads, attention.head_dim
-            chosen = list(range(heads)) if self.heads is None else [int(h) for h in self.heads]
+            chosen = self.heads_of(index, heads)
             if any(not 0 <= h < heads for h in chosen):
                 raise ValueError(f"unleash heads {chosen} do not exist: layers have {heads} heads")
             columns = torch.cat([torch.arange(h * size, (h + 1) * size) for h in chosen])

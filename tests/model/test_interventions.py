@@ -178,3 +178,18 @@ def test_prompts_carry_interventions_through_the_encoder(tiny_clip):
     assert torch.allclose(got, expected, atol=1e-5)
     circled = VisualPrompt("R", edits=(RedCircle(),), intervention=ReplaceValues())
     assert circled.needs_reference_image and encode_regions(tiny_clip, image, boxes, circled).shape == (2, 16)
+
+
+def test_unleash_on_the_calibrated_top_k_heads(tiny_clip, pixels, tmp_path):
+    rows = ["prompt,layer,head,mean_change"] + [f"FALIP,{layer},{head},{(head * 7 + layer) % 5}"
+                                                for layer in range(4) for head in range(4)]
+    (tmp_path / "sensitivity.csv").write_text("\n".join(rows) + "\n")
+    calibrated = Unleash(layers=(-1,), top_k=2, calibration=str(tmp_path / "sensitivity.csv"))
+    assert calibrated.heads_of(3, 4) == [0, 3]  # layer 3: changes 3, 0, 2, 4 -> the two largest: heads 3 and 0
+    bias = foveal_attention_bias(BOXES, 32, 8, alpha=3.0)
+    got = tiny_clip.encode_image(pixels, bias, [-1], intervention=calibrated)
+    with torch.no_grad():
+        expected = manual_forward(tiny_clip, pixels, bias, (3,), unleash_layers=(3,), heads=calibrated.heads_of(3, 4))
+    assert torch.allclose(got, expected, atol=1e-5)
+    with pytest.raises(ValueError, match="together"):
+        Unleash(top_k=2)
