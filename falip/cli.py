@@ -64,7 +64,7 @@ def _hydra_main(cfg: DictConfig) -> None:
             raise
         _fail(f"interrupted ({error or 'Ctrl-C'}): finished splits and items are kept; rerun the same command "
               f"with run.resume=true to continue", 130)
-    if record is not None:
+    if record is not None and record.writer:  # rank 0 of a multi-process run reports for all
         table = record.table()
         print(f"\n{config['experiment_name']}: % -- rows: prompts, columns: splits (and metrics)")
         print(table.round(2).to_string(na_rep="-"))

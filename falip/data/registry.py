@@ -19,6 +19,9 @@ from .classification.imagenet_s import check_imagenet_s, load_imagenet_s_split
 from .classification.stanford_dogs import check_stanford_dogs, load_stanford_dogs_split
 from .classification.types import ClassificationSplit
 from .classification.waterbirds import check_waterbirds, load_waterbirds_split
+from .pointcloud.modelnet40 import check_modelnet40, load_modelnet40_split
+from .pointcloud.scanobjectnn import check_scanobjectnn, load_scanobjectnn_split
+from .pointcloud.types import read_class_names
 from .rec.loading import check_split, load_rec_split, resolve_rec_source
 
 
@@ -110,6 +113,25 @@ def classification_format(load_official: Callable[[Mapping[str, Any], str], Clas
     return DatasetFormat(load, check, description)
 
 
+def _classnames(config: Mapping[str, Any]) -> list[str] | None:
+    """``dataset.classnames=<txt>`` for a point-cloud set: replaces its names (labels must stay in range)."""
+    return read_class_names(Path(config["classnames"])) if config.get("classnames") else None
+
+
+def _num_points(config: Mapping[str, Any]) -> int | None:
+    value = config.get("num_points", 1024)
+    return None if value is None else int(value)
+
+
+def _check_pointcloud(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Mapping[str, Any]], None]:
+    def checked(config: Mapping[str, Any]) -> None:
+        if config.get("classnames") and not Path(config["classnames"]).is_file():
+            raise DatasetError(f"dataset.classnames={config['classnames']} is not a file (one name per line)")
+        check(config)
+
+    return checked
+
+
 FORMATS: dict[str, DatasetFormat] = {
     "rec": DatasetFormat(_load_rec, _check_rec, "RefCOCO-style REC: refer toolkit / ReCLIP jsonl / HF layouts"),
     "box_jsonl": classification_format(_load_box_jsonl, _check_box_jsonl, "classes.txt + <split>.jsonl",
@@ -129,6 +151,18 @@ FORMATS: dict[str, DatasetFormat] = {
         lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
         lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
         "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
+    "modelnet40": DatasetFormat(
+        lambda c, split: load_modelnet40_split(_root(c), split, _num_points(c), _classnames(c),
+                                                c.get("name", "modelnet40")),
+        _check_pointcloud(lambda c: check_modelnet40(_root(c), c.get("splits") or [])),
+        "ModelNet40 modelnet40_ply_hdf5_2048 (ply_data_<split><k>.h5, shape_names.txt)"),
+    "scanobjectnn": DatasetFormat(
+        lambda c, split: load_scanobjectnn_split(_root(c), split, str(c.get("variant", "PB_T50_RS")), _num_points(c),
+                                                 bool(c.get("normalize", True)), _classnames(c),
+                                                 c.get("name", "scanobjectnn")),
+        _check_pointcloud(lambda c: check_scanobjectnn(_root(c), c.get("splits") or [],
+                                                       str(c.get("variant", "PB_T50_RS")))),
+        "ScanObjectNN h5_files (main_split[_nobg]/<split>_objectdataset*.h5)"),
 }
 
 

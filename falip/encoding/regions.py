@@ -44,6 +44,7 @@ class EncodingCounts:
     image_forwards: dict[str, int] = field(default_factory=dict)
     unbiased_layer_rows: dict[str, int] = field(default_factory=dict)
     clipped_boxes: int = 0
+    empty_regions: dict[str, int] = field(default_factory=dict)  # per prompt: rows with no region (no bias)
 
 
 @dataclass
@@ -91,6 +92,27 @@ def prepare_regions(preprocessor: ImagePreprocessor, image: Image.Image, regions
     return RegionInputs(pixels, input_regions, count, rows=count, reference_pixels=reference)
 
 
+@dataclass
+class Views:
+    """Model inputs an item renders itself (point-cloud depth maps): ``pixels`` ``(V, 3, S, S)``, exactly
+    what the model sees (no further preprocessing), and per view its region in input pixels, or ``None``
+    for a view with nothing to attend to (it gets no bias)."""
+
+    pixels: torch.Tensor
+    regions: list[Region | None]
+
+
+def prepare_views(views: Views, prompt: VisualPrompt) -> RegionInputs:
+    """One row per view; its region goes to the prompt's bias / intervention. Image edits do not apply
+    to rendered views (:class:`ValueError`)."""
+    if prompt.edits:
+        raise ValueError(f"prompt {prompt.name!r} edits pixels, which rendered views (point clouds) do not take: "
+                         f"use bias-only prompts")
+    count = len(views.regions)
+    needs_regions = prompt.bias is not None or prompt.intervention is not None
+    return RegionInputs(views.pixels, list(views.regions) if needs_regions else None, count, rows=count)
+
+
 class RegionEncoder:
     """Runs the forwards of one prompt in full batches across images.
 
@@ -110,6 +132,7 @@ class RegionEncoder:
         self.bias = prompt.bias.for_model(model) if prompt.bias is not None else None  # alpha=None: the model's
         self.image_forwards = 0
         self.unbiased_layer_rows = 0
+        self.empty_regions = 0  # rows whose region is None (an empty view): they get no bias
         self._waiting: deque[tuple[Hashable, RegionInputs]] = deque()  # not yet handed back, in order
         self._queued: deque[list] = deque()  # [pixels, rows not yet forwarded, reference pixels], in order
         self._queued_regions: list[Region] = []
@@ -183,6 +206,7 @@ class RegionEncoder:
         pixels, image_index, (reference_pixels, reference_index) = self._take_rows(count)
         bias, roa_tokens, intervention = None, None, self.prompt.intervention
         regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
+        self.empty_regions += sum(region is None for region in regions)
         if self.bias is not None:
             bias = self.bias.build(regions, self.model.image_size, self.model.patch_size, num_heads=self.num_heads)
         if intervention is not None:
@@ -221,10 +245,11 @@ def encode_regions(model: FoveatedCLIP, image: Image.Image, regions: Sequence[Re
 class _PreparedItems(Dataset):
     """Loads each item's image once and prepares every prompt's region inputs (runs in dataloader workers)."""
 
-    def __init__(self, items: Sequence, regions: Sequence[Sequence[Region | Box]], prompts: Sequence[VisualPrompt],
-                 preprocessor: ImagePreprocessor, resize: str):
+    def __init__(self, items: Sequence, regions: Sequence[Sequence[Region | Box] | None],
+                 prompts: Sequence[VisualPrompt], preprocessor: ImagePreprocessor, resize: str,
+                 render_device: torch.device | str = "cpu"):
         self.items, self.regions, self.prompts = items, regions, prompts
-        self.preprocessor, self.resize = preprocessor, resize
+        self.preprocessor, self.resize, self.render_device = preprocessor, resize, render_device
 
     def __len__(self) -> int:
         return len(self.items)
@@ -233,6 +258,8 @@ class _PreparedItems(Dataset):
         """``(index, {prompt name: inputs}, clipped boxes)``, or ``(index, reason, 0)`` for an unusable item."""
         item = self.items[index]
         where = getattr(item, "image_path", f"item {index}")
+        if callable(getattr(item, "load_views", None)):  # an item that renders its own views (point clouds)
+            return self._rendered(index, item, where)
         try:
             image = item.load_image()
         except FalipError as error:  # the loader marked this item unusable
@@ -247,12 +274,24 @@ class _PreparedItems(Dataset):
                         for prompt in self.prompts}
         except ValueError as error:  # BoxError is a ValueError
             return index, f"image {where}: {error}", 0
-        if get_worker_info() is not None:  # pickled by value: much cheaper than torch's shared-memory handoff
-            prepared = {name: replace(inputs, pixels=inputs.pixels.numpy(), reference_pixels=None if
-                                      inputs.reference_pixels is None else inputs.reference_pixels.numpy())
-                        for name, inputs in prepared.items()}
         clipped = sum(Region.of(region).num_clipped(image.width, image.height) for region in self.regions[index])
-        return index, prepared, clipped
+        return index, self._portable(prepared), clipped
+
+    def _rendered(self, index: int, item, where) -> tuple[int, dict[str, RegionInputs] | str, int]:
+        try:
+            views = item.load_views(self.preprocessor.image_size, self.render_device)
+        except FalipError as error:  # e.g. a shape with no point in any view
+            return index, f"{where}: {error}", 0
+        return index, self._portable({prompt.name: prepare_views(views, prompt) for prompt in self.prompts}), 0
+
+    @staticmethod
+    def _portable(prepared: dict[str, RegionInputs]) -> dict[str, RegionInputs]:
+        if get_worker_info() is None:
+            return prepared
+        # in a dataloader worker: pickled by value, much cheaper than torch's shared-memory handoff
+        return {name: replace(inputs, pixels=inputs.pixels.numpy(), reference_pixels=None if
+                              inputs.reference_pixels is None else inputs.reference_pixels.numpy())
+                for name, inputs in prepared.items()}
 
 
 def _identity(item):
@@ -265,8 +304,9 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
                  counts: EncodingCounts | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
-    ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``);
-    ``regions[i]`` are its regions (boxes or :class:`~falip.geometry.Region`). Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
+    ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``) and
+    ``regions[i]`` are its regions (boxes or :class:`~falip.geometry.Region`); or it renders its own
+    model inputs with ``load_views(input_size, device) -> Views`` (point clouds; ``regions[i]`` unused). Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
     ``counts`` (if given) receives what the encoding cost (:class:`EncodingCounts`). With ``num_workers``
@@ -278,7 +318,9 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
         raise ValueError(f"prompt names must be unique, got {names}")
     encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
     waiting: dict[int, dict[str, torch.Tensor]] = {}
-    prepared_items = _PreparedItems(items, regions, prompts, model.preprocessor, resize)
+    # items that render their views (point clouds) do it on the model's device, or on the CPU in workers
+    prepared_items = _PreparedItems(items, regions, prompts, model.preprocessor, resize,
+                                    render_device=model.device if not num_workers else "cpu")
     if num_workers:
         loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,
                             collate_fn=_identity, prefetch_factor=max(2, math.ceil(prefetch_images / num_workers)))
@@ -310,4 +352,5 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
         counts.image_forwards.update({name: encoder.image_forwards for name, encoder in encoders.items()})
         counts.unbiased_layer_rows.update({name: encoder.unbiased_layer_rows for name, encoder in encoders.items()})
         counts.clipped_boxes += clipped
+        counts.empty_regions.update({name: encoder.empty_regions for name, encoder in encoders.items()})
     assert not waiting, "every prepared item must have been encoded under every prompt"

@@ -103,3 +103,43 @@ def collect_plot(frame: pd.DataFrame, x: str, path: str | Path) -> Path:
     figure.savefig(path, dpi=110)
     plt.close(figure)
     return path
+
+
+def depth_views_figure(pixels, regions: Sequence, patch_size: int, path: str | Path, title: str = "") -> Path:
+    """The V depth maps of one shape (``(V, 3, S, S)`` model inputs) side by side, each with its region
+    of attention: the foreground's bounding box (red) and the patch tokens the foreground covers (white
+    cells); an empty view says so."""
+    plt = _pyplot()
+    from matplotlib.patches import Rectangle
+
+    count = len(regions)
+    figure, axes = plt.subplots(1, count, figsize=(2.3 * count, 2.7), squeeze=False)
+    for view, (axis, region) in enumerate(zip(axes[0], regions)):
+        plane = np.asarray(pixels[view][0].detach().float().cpu())
+        axis.imshow(plane, cmap="viridis", vmin=0, interpolation="nearest")
+        axis.set_xticks([])
+        axis.set_yticks([])
+        if region is None:
+            axis.set_title(f"view {view}: empty", fontsize=9)
+            continue
+        x0, y0, x1, y1 = region.boxes[0]
+        axis.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="red", linewidth=1.5))
+        covered = 0
+        if region.mask is not None:
+            size = plane.shape[0]
+            for row in range(size // patch_size):
+                for col in range(size // patch_size):
+                    cell = region.mask[row * patch_size:(row + 1) * patch_size, col * patch_size:(col + 1) * patch_size]
+                    if cell.any():
+                        covered += 1
+                        axis.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
+                                                 fill=False, edgecolor="white", linewidth=0.4, alpha=0.6))
+        axis.set_title(f"view {view}: {covered} tokens", fontsize=9)
+    if title:
+        figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+    return path

@@ -55,7 +55,7 @@ class ExperimentRecord:
     """The table and JSON sidecar of one run, rewritten after every finished split."""
 
     def __init__(self, name: str, config: Mapping[str, Any], output_dir: str | Path, row_order: Sequence[str],
-                 model: FoveatedCLIP | None = None, resume: bool = False):
+                 model: FoveatedCLIP | None = None, resume: bool = False, writer: bool = True):
         self.name, self.config, self.row_order = name, dict(config), list(row_order)
         self.output_dir = Path(output_dir)
         self.csv_path = self.output_dir / f"{name}.csv"
@@ -69,15 +69,14 @@ class ExperimentRecord:
         self.splits: dict[str, dict] = {}                # split -> its details (sidecar "columns")
         self._started, self._clock = utc_now(), time.perf_counter()
         self.extra: dict[str, Any] = {}
+        self.writer = writer  # False on the ranks > 0 of a multi-process run: they read, rank 0 writes
 
     def split_path(self, split: str) -> Path:
         """The checkpoint of a finished split (its columns and details), read back by resume."""
         return self.work_dir / "columns" / f"{_safe_name(split)}.json"
 
     def predictions_path(self, split: str) -> Path:
-        path = self.work_dir / "predictions" / f"{_safe_name(split)}.jsonl"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.work_dir / "predictions" / f"{_safe_name(split)}.jsonl"
 
     def cached(self, split: str) -> bool:
         """With resume on, reuse a split this config already finished (returns True if it did)."""
@@ -97,7 +96,8 @@ class ExperimentRecord:
         columns = {column: dict(values) for column, values in columns.items()}
         self.columns.update(columns)
         self.splits[split] = dict(details)
-        write_json(self.split_path(split), {"config_hash": self.hash, "columns": columns, "details": dict(details)})
+        if self.writer:
+            write_json(self.split_path(split), {"config_hash": self.hash, "columns": columns, "details": dict(details)})
         self._save("running")
 
     def table(self):
@@ -113,6 +113,8 @@ class ExperimentRecord:
         self._save("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
 
     def _save(self, status: str) -> None:
+        if not self.writer:
+            return
         if self.columns:
             write_csv(self.table(), self.csv_path)
         forwards = {split: details.get("image_forwards") for split, details in self.splits.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import pandas as pd
+from hydra.experimental.callback import Callback
 
 from ..errors import DatasetError
 from ..io import atomic_write_text, write_json
@@ -144,5 +145,55 @@ def collect_sweep(config: dict) -> pd.DataFrame:
     return frame
 
 
+def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str = "backbones") -> pd.DataFrame:
+    """One table from a sweep over models (``falip-run -m experiment=backbones``): rows = prompts,
+    columns = the models (config name, or the folder of ``model.path``), values = ``column`` of each
+    job's table (default: its first). Writes ``<sweep_dir>/<name>.csv`` and a sidecar naming each
+    checkpoint, its source and weights hash."""
+    sweep = Path(sweep_dir)
+    columns, models = {}, {}
+    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
+        meta = json.loads(sidecar.read_text())
+        if meta.get("status") != "complete" or "table" not in meta:
+            continue
+        model = (meta.get("config") or {}).get("model") or {}
+        label = Path(model["path"]).name if model.get("path") else model.get("name", sidecar.parent.name)
+        chosen = column or next(iter(meta["table"]))
+        if chosen not in meta["table"]:
+            raise DatasetError(f"{sidecar} has no column {chosen!r} (has {list(meta['table'])})")
+        if label in columns:
+            label = f"{label} ({sidecar.parent.name})"
+        columns[label] = meta["table"][chosen]
+        info = meta.get("model") or {}
+        models[label] = {"job": sidecar.parent.name, "source": info.get("source"),
+                         "weights_sha256": info.get("weights_sha256"), "image_size": info.get("image_size"),
+                         "patch_size": info.get("patch_size"), "column": chosen, "sidecar": str(sidecar)}
+    if not columns:
+        raise DatasetError(f"{sweep} holds no finished job (<job>/<experiment>.json with status complete)")
+    rows = list(dict.fromkeys(prompt for values in columns.values() for prompt in values))
+    table = pd.DataFrame({label: [values.get(row) for row in rows] for label, values in columns.items()}, index=rows)
+    table.index.name = "prompt"
+    path = write_csv(table, sweep / f"{name}.csv")
+    write_json(sweep / f"{name}.json", {"experiment": name, "status": "complete", "updated": utc_now(),
+                                        "models": models, "code": {**git_state(), "falip": environment()["falip"]}})
+    print(table.round(2).to_string(na_rep="-"))
+    print(f"\nwrote {path}")
+    return table
+
+
+class BackboneTable(Callback):
+    """A Hydra callback: when a multirun over models ends, lay its jobs out as one table (``backbone_table``)."""
+
+    def __init__(self, column: str | None = None, name: str = "backbones"):
+        self.column, self.name = column, name
+
+    def on_multirun_end(self, config, **kwargs) -> None:
+        backbone_table(config.hydra.sweep.dir, self.column, self.name)
+
+
+def _backbone_report(config: dict) -> pd.DataFrame:
+    return backbone_table(config["sweep_dir"], config["task"].get("column"), config["task"].get("output", "backbones"))
+
+
 # task.name of a report -> its builder. A report combines finished results: no model, no dataset.
-REPORTS = {"table": build_paper_table, "collect": collect_sweep}
+REPORTS = {"table": build_paper_table, "collect": collect_sweep, "backbone_table": _backbone_report}

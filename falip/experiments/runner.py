@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
+import pandas as pd
 import torch
 from PIL import Image
 
@@ -34,8 +35,9 @@ from ..prompts.prompt import VisualPrompt
 from ..tasks import TASKS
 from ..tasks.base import Line, Task
 from .analyses import attention_maps, head_sensitivity
+from .distributed import SINGLE, Ranks
 from .generated import materialize
-from .plots import grid_plot
+from .plots import depth_views_figure, grid_plot
 from .record import ExperimentRecord
 from .reports import REPORTS
 from .settings import check_run_settings
@@ -74,6 +76,8 @@ class SplitResult:
     notes: list[str] = field(default_factory=list)
     clipped_boxes: int = 0
     resumed_items: int = 0
+    ranks: list[dict] | None = None  # per-rank items, forwards and wall times of a multi-process run
+    empty_regions: dict[str, int] = field(default_factory=dict)  # per prompt: rows with no region (no bias)
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -89,7 +93,9 @@ class SplitResult:
                 "correct": self.correct, "image_forwards": self.image_forwards,
                 "unbiased_layer_rows": self.unbiased_layer_rows, "skipped": self.skipped,
                 "num_skipped_lines": sum(s["lines"] for s in self.skipped), "clipped_boxes": self.clipped_boxes,
-                "resumed_items": self.resumed_items, "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes}
+                "resumed_items": self.resumed_items, "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes,
+                **({"ranks": self.ranks} if self.ranks else {}),
+                **({"empty_regions": self.empty_regions} if any(self.empty_regions.values()) else {})}
 
     def console_summary(self, unit: str) -> str | None:
         """One line on what was skipped or clipped (None when nothing was)."""
@@ -115,44 +121,52 @@ class PredictionsFile:
     token: str = ""
     resume: bool = False
 
-    @property
-    def partial(self) -> Path:
-        return self.path.with_name(self.path.name + ".partial")
+    def partial(self, rank: int = 0) -> Path:
+        """Rank ``rank``'s partial file (``<path>.partial`` for rank 0, ``.partial.<rank>`` for the others)."""
+        return self.path.with_name(self.path.name + ".partial" + (f".{rank}" if rank else ""))
+
+    def partials(self) -> list[Path]:
+        return sorted(self.path.parent.glob(self.path.name + ".partial*"))
 
     def finished_items(self) -> dict[int, dict]:
-        """``{item index: {"lines": [...], "skip": {...} | None}}`` from a resumable partial file."""
-        if not (self.resume and self.partial.is_file()):
-            return {}
-        rows = self.partial.read_text().splitlines()
-        try:
-            header = json.loads(rows[0]) if rows else {}
-        except json.JSONDecodeError:
-            return {}
-        if header.get("token") != self.token:
+        """``{item index: {"lines": [...], "skip": {...} | None}}`` from the resumable partial files of
+        every rank of the interrupted run (however many there were)."""
+        if not self.resume:
             return {}
         finished = {}
-        for row in rows[1:]:
+        for path in self.partials():
+            rows = path.read_text().splitlines()
             try:
-                entry = json.loads(row)
-            except json.JSONDecodeError:  # the line being written when the run was killed
-                break
-            finished[int(entry["item"])] = entry
+                header = json.loads(rows[0]) if rows else {}
+            except json.JSONDecodeError:
+                continue
+            if header.get("token") != self.token:
+                continue
+            for row in rows[1:]:
+                try:
+                    entry = json.loads(row)
+                except json.JSONDecodeError:  # the line being written when the run was killed
+                    break
+                finished[int(entry["item"])] = entry
         return finished
 
 
 def _image_available(item) -> bool:
+    if callable(getattr(item, "load_views", None)):  # renders its own inputs: nothing on disk to find
+        return True
     return getattr(item, "embedded_image", None) is not None or Path(item.image_path).is_file()
 
 
 def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[VisualPrompt], texts: TextCache,
                    options: LoopOptions = LoopOptions(), predictions: PredictionsFile | Path | None = None,
-                   desc: str = "") -> SplitResult:
+                   desc: str = "", ranks: Ranks = SINGLE) -> SplitResult | None:
     """Score every unit of ``split`` under every prompt; per-unit lines go to ``predictions`` (see
     :class:`PredictionsFile`; a plain path = no resume).
 
     An unusable item (missing or corrupt image, size mismatch, bad box) stops the run with a
     :class:`DatasetError`, or with ``options.skip_bad_samples`` becomes a recorded skip whose lines count
-    as wrong. Missing image files are all reported before any forward.
+    as wrong. Missing image files are all reported before any forward. With several ``ranks``, each
+    encodes its shard of the items; rank 0 gathers the lines and returns the result (others: ``None``).
     """
     started = time.perf_counter()
     if isinstance(predictions, (str, Path)):
@@ -172,19 +186,21 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     finished = predictions.finished_items() if predictions else {}
     by_item: dict[int, list[Line]] = {index: entry["lines"] for index, entry in finished.items()}
     skipped: dict[int, dict] = {index: entry["skip"] for index, entry in finished.items() if entry.get("skip")}
-    todo = [index for index in range(len(items)) if index not in finished]
+    todo = ranks.shard([index for index in range(len(items)) if index not in finished])
     counts = EncodingCounts()
     handle = None
     if predictions:
         predictions.path.parent.mkdir(parents=True, exist_ok=True)
-        handle = open(predictions.partial, "a" if finished else "w")
-        if not finished:
+        partial = predictions.partial(ranks.rank)
+        resuming = predictions.resume and partial.is_file() and bool(finished)
+        handle = open(partial, "a" if resuming else "w")
+        if not resuming:
             handle.write(json.dumps({"token": predictions.token, "split": getattr(split, "split", "")}) + "\n")
     try:
         for position, outcome in encode_items(
                 model, [items[index] for index in todo], [regions[index] for index in todo], prompts,
                 resize=task.resize, batch_size=options.batch_size, num_workers=options.num_workers,
-                prefetch_images=options.prefetch_images, progress=options.progress, desc=desc or where,
+                prefetch_images=options.prefetch_images, progress=options.progress and ranks.is_main, desc=desc or where,
                 counts=counts):
             index, skip = todo[position], None
             if isinstance(outcome, str):
@@ -203,25 +219,49 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     finally:
         if handle:
             handle.close()
+    mine = {"rank": ranks.rank, "lines": {i: by_item[i] for i in todo if i in by_item},
+            "skipped": {i: skipped[i] for i in todo if i in skipped}, "image_forwards": counts.image_forwards,
+            "unbiased_layer_rows": counts.unbiased_layer_rows, "clipped_boxes": counts.clipped_boxes,
+            "empty_regions": counts.empty_regions,
+            "items": len(todo), "wall_time_s": round(time.perf_counter() - started, 3)}
+    gathered = ranks.gather(mine)
+    if not ranks.is_main:
+        return None
+    for part in gathered:
+        by_item.update(part["lines"])
+        skipped.update(part["skipped"])
     lines = [line for index in sorted(by_item) for line in by_item[index]]
     if predictions:
         atomic_write_text(predictions.path, "".join(json.dumps(line, default=str) + "\n" for line in lines))
-        predictions.partial.unlink()
-    return SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(split, lines, names),
-                       description=description, image_forwards=counts.image_forwards,
-                       unbiased_layer_rows=counts.unbiased_layer_rows,
-                       skipped=[skipped[index] for index in sorted(skipped)],
-                       wall_time_s=time.perf_counter() - started,
-                       notes=list(getattr(split, "notes", [])) + task.notes(context),
-                       clipped_boxes=counts.clipped_boxes, resumed_items=len(finished))
+        for path in predictions.partials():
+            path.unlink()
+    total = {key: {name: sum(part[key].get(name, 0) for part in gathered) for name in names}
+             for key in ("image_forwards", "unbiased_layer_rows", "empty_regions")}
+    result = SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(split, lines, names),
+                         description=description, image_forwards=total["image_forwards"],
+                         unbiased_layer_rows=total["unbiased_layer_rows"],
+                         skipped=[skipped[index] for index in sorted(skipped)],
+                         wall_time_s=time.perf_counter() - started,
+                         notes=list(getattr(split, "notes", [])) + task.notes(context),
+                         clipped_boxes=sum(part["clipped_boxes"] for part in gathered), resumed_items=len(finished),
+                         empty_regions=total["empty_regions"])
+    result.description.update(task.split_details(split, lines, names))
+    if ranks.world > 1:
+        result.ranks = [{key: part[key] for key in ("rank", "items", "image_forwards", "wall_time_s")}
+                        for part in gathered]
+    return result
 
 
-def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any]) -> FoveatedCLIP:
-    """``model.path`` (a local directory) wins over ``model.name`` (a HF Hub id, read from the HF cache offline)."""
+def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], ranks: Ranks = SINGLE) -> FoveatedCLIP:
+    """``model.path`` (a local directory) wins over ``model.name`` (a HF Hub id, read from the HF cache offline).
+    In a multi-process CUDA run each rank takes ``cuda:<LOCAL_RANK>``."""
     source = model_cfg.get("path") or model_cfg.get("name")
     if not source:
         raise ConfigError("set model.name (a HF Hub id) or model.path (a local CLIP directory)")
-    return FoveatedCLIP.from_pretrained(source, device=run_cfg.get("device", "auto"),
+    device = run_cfg.get("device", "auto")
+    if ranks.world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
+        device = f"cuda:{ranks.local_rank}"
+    return FoveatedCLIP.from_pretrained(source, device=device,
                                         dtype=run_cfg.get("dtype", "float32"),
                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
 
@@ -298,8 +338,33 @@ def example_image(seed: int):
     return Image.fromarray(image), [tuple(float(v) for v in boxes[0])], "example"
 
 
+def _depth_views(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
+    """PointCLIP's 6 depth maps of shape ``task.sample`` of the dataset's first split, with each view's ROA."""
+    task_cfg, out = config["task"], Path(config["run"]["output_dir"]) / config["experiment_name"]
+    dataset = materialize(config["dataset"])
+    check_dataset(dataset)
+    split = load_dataset_split(dataset, dataset["splits"][0])
+    index = int(task_cfg.get("sample", 0))
+    if not 0 <= index < len(split.samples):
+        raise ConfigError(f"task.sample={index} is outside {split.dataset} {split.split} (0..{len(split.samples) - 1})")
+    task = TASKS["pointcloud"].from_config(task_cfg)
+    item = task.items(split)[index]
+    views = item.load_views(model.image_size, model.device)
+    label = split.classes[item.sample.label]
+    stem = f"{split.dataset}_{split.split}_{index}"
+    figure = depth_views_figure(views.pixels, views.regions, model.patch_size, out / f"{stem}.png",
+                                title=f"{split.dataset} {split.split} #{index}: {label} ({len(item.sample.points)} points)")
+    rows = [{"view": view, "empty": region is None, "box": None if region is None else list(region.boxes[0]),
+             "foreground_pixels": 0 if region is None else int(region.mask.sum())}
+            for view, region in enumerate(views.regions)]
+    frame = pd.DataFrame(rows)
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    print(frame.to_string(index=False))
+    print(f"\nwrote {figure} and {out / f'{stem}.csv'}")
+
+
 # task.name of an analysis -> its runner (config, model, prompts): no scoring loop, figures + CSVs.
-ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps}
+ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps, "depth_views": _depth_views}
 
 
 def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentRecord | None:
@@ -327,12 +392,18 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
     prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
     if not prompts:
         raise ConfigError("the experiment has no prompts: set prompts=<group> or prompts.<name>={...}")
+    task.check_prompts(prompts)
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
     splits = load_splits(task, dataset, run.get("limit"))
-    model = load_model(config["model"], run)
+    ranks = Ranks.from_environment()
+    if ranks.world > 1 and run.get("num_workers"):
+        print(f"[falip] rank {ranks.rank}/{ranks.world}: run.num_workers={run['num_workers']} per process", file=sys.stderr)
+    model = load_model(config["model"], run, ranks)
     record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
-                              [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")))
+                              [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")),
+                              writer=ranks.is_main)
+    record.extra["world_size"] = ranks.world
     record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
     options = LoopOptions.from_config(run)
     texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
@@ -340,11 +411,14 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
         with _sigterm_interrupts(), torch.inference_mode():
             for split_name, split in splits.items():
                 if record.cached(split_name):
-                    print(f"[falip] {split_name}: reusing the finished split from {record.split_path(split_name)}")
+                    if ranks.is_main:
+                        print(f"[falip] {split_name}: reusing the finished split from {record.split_path(split_name)}")
                     continue
                 predictions = (PredictionsFile(record.predictions_path(split_name), record.hash, record.resume)
                                if run.get("save_predictions", True) else None)
-                result = evaluate_split(model, task, split, prompts, texts, options, predictions)
+                result = evaluate_split(model, task, split, prompts, texts, options, predictions, ranks=ranks)
+                if result is None:  # a rank > 0: rank 0 has its lines and writes
+                    continue
                 details = {**result.summary(), "text_encoder_distinct_texts": texts.num_encoded,
                            "text_classifiers_from_disk": texts.classifiers_from_disk,
                            "predictions": str(predictions.path) if predictions else None}
@@ -352,7 +426,7 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
                 summary = result.console_summary(task.unit)
                 if summary:
                     print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)
-        if config.get("plot"):
+        if config.get("plot") and ranks.is_main:
             points = {prompt.name: dict(prompt.grid_point) for prompt in prompts if prompt.grid_point}
             figure = grid_plot(record.table(), points, config["plot"]["x"], config["plot"].get("lines"),
                                record.output_dir / f"{record.name}.png", title=record.name)

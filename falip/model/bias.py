@@ -195,14 +195,19 @@ def foveal_region_weights(
 
     A region of several boxes gets the element-wise max of its boxes' weights (the union of their
     foveal Gaussians, order-independent); a region with a mask keeps only the tokens the mask covers.
-    A one-box region without a mask gets exactly :func:`foveal_token_weights` of its box.
+    A one-box region without a mask gets exactly :func:`foveal_token_weights` of its box; ``None``
+    (no region) gets zeros.
     """
-    regions = [Region.of(region) for region in regions]
-    boxes = [box for region in regions for box in region.boxes]
+    regions = [None if region is None else Region.of(region) for region in regions]
+    boxes = [box for region in regions if region is not None for box in region.boxes]
     per_box = foveal_token_weights(boxes, image_size, patch_size, alpha=alpha, sigma=sigma, eps=eps,
-                                   cell_rule=cell_rule)
+                                   cell_rule=cell_rule) if boxes else None
     weights, start = [], 0
     for region in regions:
+        if region is None:  # no region (e.g. an empty point-cloud view): no bias on this row
+            height, width = _pair(image_size)
+            weights.append(torch.zeros(height // patch_size, width // patch_size, dtype=torch.float64))
+            continue
         count = len(region.boxes)
         combined = per_box[start] if count == 1 else per_box[start:start + count].amax(0)
         start += count
@@ -214,7 +219,8 @@ def foveal_region_weights(
         weights.append(combined)
     if not weights:
         return per_box
-    return torch.stack(weights)
+    dtype = per_box.dtype if per_box is not None else torch.float64
+    return torch.stack([weight.to(dtype) for weight in weights])
 
 
 def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> torch.Tensor:

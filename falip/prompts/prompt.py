@@ -31,6 +31,7 @@ from ..model.clip import FoveatedCLIP
 from ..model.interventions import Intervention
 from .edits import BlurOutside, Crop, Edited, GrayscaleOutside, ImageEdit, RedCircle
 
+ROA_MODES = ("mask", "boxes")  # FovealBias.roa
 # The layers the released FALIP code biases: the last 4 (of ViT-B/16's 12).
 RELEASED_LAYERS = (-4, -3, -2, -1)
 
@@ -45,7 +46,9 @@ class FovealBias:
     biases the last 4 of ViT-B/16's 12 layers, the paper text says "the MSA module" (read: all
     layers) -- both are a config value. ``cell_rule``: ``released`` = the released code's token
     cells and float32 arithmetic, bit for bit; ``overlap`` = the cells a box overlaps, exact float64
-    (:func:`falip.model.bias.roa_cells`).
+    (:func:`falip.model.bias.roa_cells`). ``roa``: ``mask`` = a region's mask when it has one (only the
+    tokens it covers get the bias; else its boxes), ``boxes`` = its boxes only, masks ignored (e.g. a
+    point-cloud view's foreground box rather than its foreground tokens).
     """
 
     name: ClassVar[str] = "foveal"
@@ -55,8 +58,11 @@ class FovealBias:
     layers: tuple[int, ...] | None = RELEASED_LAYERS
     cell_rule: str = "released"
     eps: float = DEFAULT_EPS
+    roa: str = "mask"
 
     def __post_init__(self) -> None:
+        if self.roa not in ROA_MODES:
+            raise ValueError(f"bias roa must be one of {ROA_MODES}, got {self.roa!r}")
         if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float))):
             raise ValueError(f"bias alpha must be a number (or null = the model's), got {self.alpha!r}")
         if isinstance(self.sigma, bool) or not isinstance(self.sigma, (int, float)) or self.sigma <= 0:
@@ -78,10 +84,14 @@ class FovealBias:
               num_heads: int | None = None) -> torch.Tensor:
         """``(K, T, T)`` float32 bias for K regions (or boxes) in model-input pixels (``alpha`` must be
         set: :meth:`for_model`). A region of several boxes gets the max of their biases; a masked one
-        only the tokens its mask covers (:func:`falip.model.bias.foveal_region_weights`)."""
+        only the tokens its mask covers (:func:`falip.model.bias.foveal_region_weights`); a ``None`` region
+        gets no bias."""
         if self.alpha is None:
             raise ValueError("this FovealBias takes its alpha from the model: build the bias of bias.for_model(model)")
-        weights = foveal_region_weights(list(input_regions), image_size, patch_size, alpha=self.alpha,
+        regions = list(input_regions)
+        if self.roa == "boxes":
+            regions = [None if region is None else Region(Region.of(region).boxes) for region in regions]
+        weights = foveal_region_weights(regions, image_size, patch_size, alpha=self.alpha,
                                         sigma=self.sigma, eps=self.eps, cell_rule=self.cell_rule)
         return bias_from_token_weights(weights.float(), self.formulation)
 
@@ -93,9 +103,12 @@ class FovealBias:
 
 def roa_token_mask(input_regions: Sequence[Region | Box], image_size: int, patch_size: int,
                    cell_rule: str = "released") -> torch.Tensor:
-    """``(K, T)`` bool: ``[CLS]`` and the patch tokens of each region (its foveal weights' support)."""
-    weights = foveal_region_weights(list(input_regions), image_size, patch_size, alpha=1.0, cell_rule=cell_rule)
+    """``(K, T)`` bool: ``[CLS]`` and the patch tokens of each region (its foveal weights' support);
+    every token for a ``None`` region (nothing to steer to)."""
+    regions = list(input_regions)
+    weights = foveal_region_weights(regions, image_size, patch_size, alpha=1.0, cell_rule=cell_rule)
     inside = weights.reshape(weights.shape[0], -1) > 0
+    inside[[index for index, region in enumerate(regions) if region is None]] = True
     return torch.cat([torch.ones(inside.shape[0], 1, dtype=torch.bool), inside], dim=1)
 
 

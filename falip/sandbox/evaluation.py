@@ -11,14 +11,18 @@ from typing import Sequence
 import numpy as np
 
 from ..data.classification.types import ClassificationSample, ClassificationSplit
+from ..data.pointcloud.types import PointCloudSample, PointCloudSplit
 from ..data.rec.types import RecImage, RecSentence, RecSplit
 from ..encoding.text import TextCache
 from ..experiments.runner import LoopOptions, evaluate_split
 from ..model.clip import FoveatedCLIP
 from ..prompts.prompt import VisualPrompt
 from ..tasks.classification import ClassificationTask
+from ..tasks.pointcloud import PointCloudTask
 from ..tasks.rec import RecTask
+from .datasets import shapes_3d_arrays
 from .scenes import CLASS_NAMES, generate_scene
+from .shapes3d import SHAPES_3D
 
 
 def scene_rec_split(num_scenes: int, num_objects: int, seed: int, width: int = 96, height: int = 80) -> RecSplit:
@@ -58,3 +62,17 @@ def classification_accuracy(model: FoveatedCLIP, prompts: Sequence[VisualPrompt]
     """Top-1 accuracy (%) per prompt, through the experiments' loop (no files written)."""
     task = ClassificationTask(templates=list(templates))
     return evaluate_split(model, task, split, list(prompts), TextCache(model), LoopOptions(progress=False)).accuracy
+
+
+def shapes_3d_split(shapes_per_class: int, seed: int, cluttered_fraction: float = 0.5,
+                    max_clutter: float = 0.3) -> PointCloudSplit:
+    """Generated 3D shapes (first 1,024 of 2,048 points, as the ModelNet40 protocol) as a point-cloud split."""
+    clouds, labels, _ = shapes_3d_arrays(seed, shapes_per_class, cluttered_fraction, max_clutter)
+    samples = [PointCloudSample(str(i), cloud[:1024], int(label)) for i, (cloud, label) in enumerate(zip(clouds, labels))]
+    return PointCloudSplit("shapes_3d", "test", list(SHAPES_3D), samples, f"generated in memory, seed {seed}")
+
+
+def pointcloud_accuracy(model: FoveatedCLIP, prompts: Sequence[VisualPrompt], split: PointCloudSplit) -> dict[str, float]:
+    """PointCLIP zero-shot accuracy (%) per prompt, through the experiments' loop (no files written)."""
+    return evaluate_split(model, PointCloudTask(), split, list(prompts), TextCache(model),
+                          LoopOptions(progress=False)).accuracy

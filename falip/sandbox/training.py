@@ -1,10 +1,13 @@
-"""Train the sandbox CLIP: a tiny HF ``CLIPModel`` learned contrastively on freshly generated scenes.
+"""Train the sandbox CLIP: a tiny HF ``CLIPModel`` learned contrastively on freshly generated scenes
+and PointCLIP depth maps of procedural 3D shapes.
 
 Each training image is a scene of 1-3 objects on a random canvas (64-112 px a side, so aspect and
 resizing vary as in evaluation), squashed to the 64 px input by the same preprocessing the
 evaluation uses, and captioned by ONE of its objects through a random template. Targets are soft:
 image i and caption j are a positive pair whenever scene i contains the object caption j names
-(so identical captions in a batch share the target mass). The result is saved as a complete HF
+(so identical captions in a batch share the target mass). Each batch also holds
+``pointcloud_batch`` depth maps (one random PointCLIP view of a random posed 3D shape,
+:mod:`falip.sandbox.shapes3d`) captioned "point cloud depth map of a {shape}.", positives by shape. The result is saved as a complete HF
 model directory that ``FoveatedCLIP.from_pretrained`` loads like any checkpoint.
 """
 from __future__ import annotations
@@ -22,14 +25,19 @@ import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
 from ..model.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from ..data.pointcloud.projection import depth_maps, model_inputs
 from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
+from .shapes3d import SHAPES_3D, sample_shapes
 from ..model.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
 
 # Caption forms: the REC text ("a photo of " + expression), the classification templates, and plain forms.
 TRAIN_TEMPLATES: tuple[str, ...] = (
     "a photo of {}", "a photo of a {}.", "a photo of the {}", "a {}.", "a {}", "{}", "this is a {}.", "the {}",
 )
-VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES)
+# PointCLIP's text template (falip/tasks/pointcloud.py uses the same by default).
+POINTCLOUD_TEMPLATE = "point cloud depth map of a {}."
+VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES,
+                               "point", "cloud", "depth", "map", *SHAPES_3D)
 INPUT_SIZE, PATCH_SIZE = 64, 8
 
 
@@ -53,6 +61,9 @@ class TrainConfig:
     log_every: int = 25
     targets: str = "contains"   # "contains": (i, j) positive if scene i contains caption j's object;
                                 # "same_object": if captions i and j name the same object
+    pointcloud_batch: int = 32  # PointCLIP depth maps (one random view of a random 3D shape) added to each batch
+    pointcloud_points: int = 1024
+    pointcloud_max_clutter: float = 0.2
 
 
 def sandbox_clip_config(train: TrainConfig) -> CLIPConfig:
@@ -90,6 +101,31 @@ def make_batch(rng: np.random.Generator, train: TrainConfig, prep: ImagePreproce
     return prep(images, "squash"), captions, positives
 
 
+def make_pointcloud_batch(rng: np.random.Generator, train: TrainConfig):
+    """Depth-map pixels (P,3,64,64) of one random PointCLIP view per random 3D shape, their captions
+    (the PointCLIP template) and labels."""
+    clouds, labels = sample_shapes(rng, train.pointcloud_batch, train.pointcloud_points, train.pointcloud_max_clutter)
+    maps = depth_maps(torch.from_numpy(clouds))  # (P, 6, 128, 128)
+    views = torch.from_numpy(rng.integers(0, maps.shape[1], len(labels)))
+    pixels = model_inputs(maps[torch.arange(len(labels)), views][:, None], INPUT_SIZE)
+    return pixels, [POINTCLOUD_TEMPLATE.format(SHAPES_3D[int(label)]) for label in labels], labels
+
+
+def mixed_batch(rng: np.random.Generator, rng_3d: np.random.Generator, train: TrainConfig, prep: ImagePreprocessor):
+    """A scene batch plus (``train.pointcloud_batch`` > 0) a depth-map batch: pixels, captions, and the
+    block-diagonal positives (a depth map and a scene caption are never a pair; depth maps pair by shape)."""
+    pixels, captions, positives = make_batch(rng, train, prep)
+    if not train.pointcloud_batch:
+        return pixels, captions, positives
+    depth, depth_captions, labels = make_pointcloud_batch(rng_3d, train)
+    labels = torch.from_numpy(labels)
+    same = (labels[:, None] == labels[None, :]).float()
+    joint = torch.zeros(len(captions) + len(labels), len(captions) + len(labels))
+    joint[:len(captions), :len(captions)] = positives
+    joint[len(captions):, len(captions):] = same
+    return torch.cat([pixels, depth]), captions + depth_captions, joint
+
+
 def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
     """Soft cross-entropy both ways; targets spread over every positive of a row / column."""
     image_targets = positives / positives.sum(1, keepdim=True)
@@ -105,6 +141,7 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
     torch.manual_seed(train.seed)
     torch.set_num_threads(train.threads)
     rng = np.random.default_rng(train.seed)
+    rng_3d = np.random.default_rng([train.seed, 3])  # its own stream: the scene batches do not depend on it
     tokenizer = build_word_tokenizer(VOCABULARY)
     model = CLIPModel._from_config(sandbox_clip_config(train), attn_implementation="sdpa")
     model.train()
@@ -123,7 +160,7 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
     for step in range(train.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        pixels, captions, positives = make_batch(rng, train, prep)
+        pixels, captions, positives = mixed_batch(rng, rng_3d, train, prep)
         tokens = tokenizer(captions, padding=True, return_tensors="pt")
         image = model.get_image_features(pixel_values=pixels).pooler_output
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
@@ -182,5 +219,5 @@ def vocabulary_covers(texts: list[str]) -> list[str]:
     return unknown
 
 
-__all__ = ["TrainConfig", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
+__all__ = ["TrainConfig", "POINTCLOUD_TEMPLATE", "mixed_batch", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
            "TRAIN_TEMPLATES", "CLASSES", "expression"]

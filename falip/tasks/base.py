@@ -59,8 +59,12 @@ class Task(ABC):
         ``height``, ``embedded_image``); each is loaded and encoded once per prompt."""
 
     @abstractmethod
-    def regions(self, split) -> list[list[Box]]:
-        """Per item, its regions (xyxy, original-image pixels): one embedding each per prompt."""
+    def regions(self, split) -> list[list[Box] | None]:
+        """Per item, its regions (xyxy, original-image pixels): one embedding each per prompt (``None``
+        for an item that renders its own views and regions, :class:`falip.encoding.regions.Views`)."""
+
+    def check_prompts(self, prompts: Sequence[Any]) -> None:
+        """Reject prompts this task cannot run (before the model loads); default: all run."""
 
     @abstractmethod
     def limit(self, split, count: int):
@@ -91,6 +95,10 @@ class Task(ABC):
     def score(self, split, index: int, embeddings: Mapping[str, torch.Tensor], context: Any) -> list[Line]:
         """Item ``index``'s lines with ``pred`` and ``correct`` per prompt, from its region embeddings
         ``{prompt name: (K, D)}`` (K = its regions)."""
+
+    def split_details(self, split, lines: Sequence[Line], prompt_names: Sequence[str]) -> dict[str, Any]:
+        """What the lines tell about the split beyond its metrics, for the sidecar (default: nothing)."""
+        return {}
 
     # ---------------------------------------------------------------- metrics
     def aggregate(self, split, lines: Sequence[Line], prompt_names: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -14,7 +14,9 @@ from falip.prompts import ORIGINAL_CLIP
 from falip.experiments.generated import MARKER, build_generated_dataset
 from falip.sandbox.evaluation import classification_accuracy, scene_classification_split
 from falip.sandbox.scenes import CLASS_NAMES, CLASSES, generate_scene
-from falip.sandbox.training import TRAIN_TEMPLATES, TrainConfig, train_sandbox_clip, vocabulary_covers
+from falip.sandbox.shapes3d import SHAPES_3D, normalize_to_unit_sphere, sample_shape
+from falip.sandbox.training import (POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, mixed_batch, preprocessor,
+                                    train_sandbox_clip, vocabulary_covers)
 
 
 def test_scenes_are_seeded_disjoint_tight_and_unique():
@@ -43,6 +45,34 @@ def test_vocabulary_covers_every_sandbox_text():
     assert vocabulary_covers(texts) == []
     assert vocabulary_covers(["a photo of a dog"]) == ["a photo of a dog"]
     assert len(CLASSES) == 20
+    assert vocabulary_covers([POINTCLOUD_TEMPLATE.format(shape) for shape in SHAPES_3D]) == []
+
+
+def test_3d_shapes_lie_on_their_surfaces_in_a_random_pose():
+    rng = np.random.default_rng(0)
+    for shape in SHAPES_3D:
+        points = sample_shape(rng, shape, 1000)
+        assert points.shape == (1000, 3) and points.dtype == np.float32
+        assert np.linalg.norm(points, axis=1).max() <= 1.0 + 1e-5
+    sphere = normalize_to_unit_sphere(sample_shape(np.random.default_rng(1), "sphere", 2000, min_scale=1.0))
+    radius = np.linalg.norm(sphere - sphere.mean(0), axis=1)
+    assert radius.std() < 0.02  # every point on one sphere, whatever the pose
+    a = sample_shape(np.random.default_rng(5), "torus", clutter=0.25, return_clutter=True)
+    b = sample_shape(np.random.default_rng(5), "torus", clutter=0.25, return_clutter=True)
+    assert np.array_equal(a[0], b[0]) and a[1].sum() == 512
+    with pytest.raises(ValueError, match="unknown 3D shape"):
+        sample_shape(rng, "donut")
+
+
+def test_training_batches_pair_depth_maps_only_with_their_shape():
+    train = TrainConfig(batch_size=6, pointcloud_batch=5)
+    pixels, captions, positives = mixed_batch(np.random.default_rng(0), np.random.default_rng(1), train, preprocessor())
+    assert pixels.shape == (11, 3, 64, 64) and len(captions) == 11
+    assert positives[:6, 6:].sum() == 0 and positives[6:, :6].sum() == 0  # scenes and depth maps never pair
+    for i in range(6, 11):
+        for j in range(6, 11):
+            assert bool(positives[i, j]) == (captions[i] == captions[j])
+    assert pixels[6:].min() >= 0 and captions[6].startswith("point cloud depth map of a ")
 
 
 def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):

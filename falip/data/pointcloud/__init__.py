@@ -1,0 +1,1 @@
+"""Point clouds: PointCLIP depth maps (projection.py) and the ModelNet40 / ScanObjectNN loaders."""
