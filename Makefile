@@ -7,18 +7,18 @@ BIN := $(VENV)/bin
 RUN := $(BIN)/falip-run
 ARGS ?=
 
-.PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation refcoco refcocop refcocog rec-table \
-        rec bench bench-bias bench-rec bench-interventions train-sandbox clean
+.PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
+        rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims train-sandbox clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
 	@echo "make test            the test suite (what CI runs)"
-	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation -> results/ (ignored by git)"
+	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation + shapes_3d -> results/ (ignored by git)"
 	@echo "make sandbox-reference   re-record the committed results/sandbox/ at the current commit"
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
 	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
-	@echo "make bench           bias-overhead and REC-throughput benchmarks -> results/benchmarks/"
-	@echo "make train-sandbox   retrain the shipped sandbox CLIP (about 26 min on 2 CPU cores)"
+	@echo "make bench           bias-overhead, REC-throughput, intervention and scaling benchmarks -> results/benchmarks/"
+	@echo "make train-sandbox   retrain the shipped sandbox CLIP (about 35-40 min on 2 CPU cores)"
 	@echo "Pass overrides with ARGS='key=value ...' (see falip-run --help)."
 
 $(BIN)/.installed: pyproject.toml
@@ -42,10 +42,12 @@ shapes-cls: install
 	$(RUN) experiment=shapes_cls $(ARGS)
 shapes-ablation: install
 	$(RUN) experiment=shapes_ablation $(ARGS)
-sandbox: shapes-rec shapes-cls shapes-ablation
+shapes-3d: install
+	$(RUN) experiment=shapes_3d $(ARGS)
+sandbox: shapes-rec shapes-cls shapes-ablation shapes-3d
 # Re-record the committed sandbox results (results/sandbox/) at the current, committed code.
 sandbox-reference: install
-	for e in shapes_rec shapes_cls shapes_ablation; do $(RUN) experiment=$$e run.output_dir=results/sandbox $(ARGS) || exit 1; done
+	for e in shapes_rec shapes_cls shapes_ablation shapes_3d; do $(RUN) experiment=$$e run.output_dir=results/sandbox $(ARGS) || exit 1; done
 
 refcoco: install
 	$(RUN) experiment=refcoco_rec $(ARGS)
@@ -63,7 +65,11 @@ bench-rec: install
 	$(BIN)/python scripts/bench_rec.py
 bench-interventions: install
 	$(BIN)/python scripts/bench_interventions.py
-bench: bench-bias bench-rec bench-interventions
+bench-scaling: install
+	$(BIN)/python scripts/bench_scaling.py
+bench-trims: install
+	$(BIN)/python scripts/bench_trims.py
+bench: bench-bias bench-rec bench-interventions bench-scaling bench-trims
 
 train-sandbox: install
 	$(BIN)/python scripts/train_sandbox_clip.py

@@ -27,7 +27,7 @@ from falip.sandbox.training import TRAIN_TEMPLATES, VOCABULARY, TrainConfig, tra
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "falip" / "sandbox" / "model"
 EVAL_SEED = 777_000  # held out: training draws from seed 0's stream
 ALPHAS = (0.2, 1.0, 4.0, 8.0, 16.0, 32.0)
-ALPHAS_3D = (1.0, 4.0, 8.0, 16.0)
+ALPHAS_3D = (0.2, 0.5, 1.0, 2.0, 4.0, 16.0)
 LAYER_SETS = {"all 4": None, "last 2": (-2, -1), "last 1": (-1,)}
 
 

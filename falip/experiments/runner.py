@@ -261,9 +261,10 @@ def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], ranks: 
     device = run_cfg.get("device", "auto")
     if ranks.world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
         device = f"cuda:{ranks.local_rank}"
-    return FoveatedCLIP.from_pretrained(source, device=device,
-                                        dtype=run_cfg.get("dtype", "float32"),
-                                        attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
+    model = FoveatedCLIP.from_pretrained(source, device=device, dtype=run_cfg.get("dtype", "float32"),
+                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
+    model.trims = bool(run_cfg.get("trims", True))
+    return model
 
 
 class RunInterrupted(KeyboardInterrupt):

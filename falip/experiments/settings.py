@@ -37,6 +37,7 @@ RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "save_predictions": (_boolean, "true or false"),
     "output_dir": (_text, "a folder path"),
     "progress": (_boolean, "true or false"),
+    "trims": (_boolean, "true or false"),
 }
 
 

@@ -19,7 +19,7 @@ def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, att
     """Per layer, the attention probabilities ``(B, H, T, T)`` of the (biased) forward."""
     layers = model.clip.vision_model.encoder.layers
     biased = model._layer_set(bias_layers) if attention_bias is not None else set()
-    with torch.inference_mode(), capture(dict(enumerate(layers)), ("q", "k")) as store:
+    with torch.inference_mode(), model.full_rows(), capture(dict(enumerate(layers)), ("q", "k")) as store:
         model.encode_image(pixel_values, attention_bias, bias_layers)
         mask = None
         if attention_bias is not None:

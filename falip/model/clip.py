@@ -23,6 +23,7 @@ from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
 from .interventions import Intervention, capture, hooks, resolve_layers
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from .trimmed import CLS, layer_rows, shared_first_biased_layer
 
 BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
@@ -117,6 +118,10 @@ class FoveatedCLIP(nn.Module):
             image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)))
         self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
         self.num_layers = int(vision.num_hidden_layers)
+        # Exact trims of biased forwards (falip/model/trimmed.py): on by default; False runs every row of
+        # every layer (the reference the trims are tested against). last_trims: what the last call used.
+        self.trims = True
+        self.last_trims: dict[str, bool] = {}
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -198,7 +203,7 @@ class FoveatedCLIP(nn.Module):
     @property
     def foveal_alpha(self) -> float:
         """This checkpoint's default foveal alpha: ``foveal_alpha`` in its config.json if it has one (the
-        sandbox CLIP: 8.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
+        sandbox CLIP: 16.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
         value = getattr(self.clip.config, "foveal_alpha", None)
         return float(value) if value is not None else DEFAULT_ALPHA
 
@@ -209,6 +214,16 @@ class FoveatedCLIP(nn.Module):
     @property
     def attn_implementation(self) -> str:
         return self.clip.config.vision_config._attn_implementation or "eager"
+
+    @contextlib.contextmanager
+    def full_rows(self):
+        """Within the block, every layer computes every row (no trims): for hooks that read a layer's
+        inner tensors (attention maps, per-head contributions)."""
+        previous, self.trims = self.trims, False
+        try:
+            yield self
+        finally:
+            self.trims = previous
 
     # ------------------------------------------------------------------ images
     def geometry(self, image_width: int, image_height: int, resize: str = "squash") -> ResizeGeometry:
@@ -320,19 +335,35 @@ class FoveatedCLIP(nn.Module):
                                                        None if roa_tokens is None else roa_tokens.to(self.device))
         mask = self._bias_as_mask(attention_bias, rows, self.dtype) if attention_bias is not None else None
         with hooks(registrations):
-            return self._run_layers(pixel_values, mask, biased, index, first=min(biased | acted, default=self.num_layers))
+            return self._run_layers(pixel_values, mask, biased, index, first=min(biased | acted, default=self.num_layers),
+                                    trim=self.trims and intervention is None)
 
     def _run_layers(self, pixel_values: torch.Tensor, mask: torch.Tensor | None, biased: set[int],
-                    index: torch.Tensor | None, first: int | None = None) -> torch.Tensor:
+                    index: torch.Tensor | None, first: int | None = None, trim: bool = False) -> torch.Tensor:
         """The vision tower layer by layer: ``mask`` added in the ``biased`` layers; rows gathered by
-        ``index`` before layer ``first`` (the first layer where rows of one image differ)."""
+        ``index`` before layer ``first`` (the first layer where rows of one image differ).
+
+        With ``trim`` (:attr:`trims`), the exact trims of :mod:`falip.model.trimmed`: the last layer
+        computes the ``[CLS]`` row only, and when the mask touches only the ``[CLS]`` query row, the
+        first biased layer computes its patch rows once per image (``index``)."""
         vision = self.clip.vision_model
         first = min(biased, default=self.num_layers) if first is None else first
+        last = self.num_layers - 1
+        share_first = (trim and index is not None and mask is not None and first in biased
+                       and not bool(mask[..., 1:, :].count_nonzero()))
+        self.last_trims = {"cls_only_last_layer": trim, "shared_first_biased_layer": share_first}
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
         for position, layer in enumerate(vision.encoder.layers):
+            layer_mask = mask if position in biased else None
+            if position == first and share_first:
+                hidden = shared_first_biased_layer(layer, hidden, layer_mask, index, last=position == last)
+                continue
             if position == first and index is not None:
                 hidden = hidden[index]  # from here on each region has its own bias / intervention
-            hidden = layer(hidden, mask if position in biased else None)
+            if trim and position == last:
+                hidden = layer_rows(layer, hidden, layer_mask, CLS)
+            else:
+                hidden = layer(hidden, layer_mask)
         if first == self.num_layers and index is not None:
             hidden = hidden[index]
         features = self.clip.visual_projection(vision.post_layernorm(hidden[:, 0]))

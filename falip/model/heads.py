@@ -33,7 +33,7 @@ def head_contributions(model: FoveatedCLIP, pixel_values: torch.Tensor, *, atten
     """
     chosen = resolve_layers(layers, model.num_layers)
     encoder_layers = model.clip.vision_model.encoder.layers
-    with torch.inference_mode(), capture({i: encoder_layers[i] for i in chosen}, ("z",)) as store:
+    with torch.inference_mode(), model.full_rows(), capture({i: encoder_layers[i] for i in chosen}, ("z",)) as store:
         model.encode_image(pixel_values, attention_bias, bias_layers)
         stacked = [split_heads(store[(i, "z")][:, 0], encoder_layers[i].self_attn.out_proj,
                                encoder_layers[i].self_attn.num_heads) for i in chosen]

@@ -187,7 +187,7 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
 
 # The shipped model's foveal alpha, chosen on held-out scenes (MODEL_CARD.md's sweep), saved in its
 # config.json so that the Python API uses it; configs/model/sandbox.yaml states the same value.
-SANDBOX_FOVEAL_ALPHA = 8.0
+SANDBOX_FOVEAL_ALPHA = 16.0
 
 
 def save_sandbox_model(model: CLIPModel, tokenizer, out_dir: str | Path, train: TrainConfig, history: list[dict],

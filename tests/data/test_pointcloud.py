@@ -173,3 +173,15 @@ def test_scanobjectnn_bad_input(tmp_path):
         load_scanobjectnn_split(tmp_path, "test", "PB_T99")
     with pytest.raises(DatasetError, match="test_objectdataset_augmentedrot_scale75.h5 not found"):
         load_scanobjectnn_split(tmp_path, "test", "PB_T50_RS")
+
+
+def test_public_module_runs_the_documented_steps(tiny_clip):
+    from falip.pointcloud import depth_maps as public_depth_maps, foreground_region as region_of, model_inputs as inputs_of
+    from falip.prompts import FALIP
+
+    points = torch.from_numpy(np.random.default_rng(0).normal(0, 0.3, (1, 1024, 3)).astype(np.float32))
+    views = inputs_of(public_depth_maps(points), tiny_clip.image_size)
+    regions = [region_of(view) for view in views]
+    bias = FALIP.bias.for_model(tiny_clip).build(regions, tiny_clip.image_size, tiny_clip.patch_size)
+    embeddings = tiny_clip.encode_image(views, bias, list(FALIP.bias.layers))
+    assert embeddings.shape == (6, 16) and not torch.allclose(embeddings, tiny_clip.encode_image(views))

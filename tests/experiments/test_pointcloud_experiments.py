@@ -26,8 +26,8 @@ def finished(tmp_path_factory):
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("FALIP_CACHE", str(root / "cache"))
         for experiment, overrides in runs.items():
-            run_experiment(compose([f"experiment={experiment}", "model=sandbox", "run.progress=false",
-                                    f"run.output_dir={out}", *overrides]))
+            run_experiment(compose([f"experiment={experiment}", "model=sandbox", "foveal.alpha=0.2",  # its 3D alpha
+                                    "run.progress=false", f"run.output_dir={out}", *overrides]))
         run_experiment(compose(["experiment=pc_table", f"run.output_dir={out}"]))
     return out
 

@@ -91,7 +91,10 @@ def test_unbiased_forward_is_plain_clip_exactly(model):
         features = model.clip.get_image_features(pixel_values=pixels).pooler_output
         expected = features / features.norm(dim=-1, keepdim=True)
         assert torch.equal(model.encode_image(pixels), expected)
-        assert torch.equal(model.encode_image(pixels, torch.zeros(3, 17, 17)), expected)
+        with model.full_rows():  # a zero bias through every row of every layer: plain CLIP, bit for bit
+            assert torch.equal(model.encode_image(pixels, torch.zeros(3, 17, 17)), expected)
+        # with the exact trims (last layer: [CLS] row only) only the rounding of smaller products differs
+        assert (model.encode_image(pixels, torch.zeros(3, 17, 17)) - expected).abs().max() < 1e-6
         assert (model.encode_image(pixels).double() - reference_image_embedding(model, pixels)).abs().max() < 1e-5
 
 

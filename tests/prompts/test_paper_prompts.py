@@ -20,7 +20,7 @@ def test_falip_is_the_released_setting_with_the_models_alpha():
 
 
 def test_model_alpha_comes_from_the_checkpoint(sandbox_clip, tiny_clip):
-    assert sandbox_clip.foveal_alpha == 8.0 and tiny_clip.foveal_alpha == DEFAULT_ALPHA == 0.2
+    assert sandbox_clip.foveal_alpha == 16.0 and tiny_clip.foveal_alpha == DEFAULT_ALPHA == 0.2
     assert json.loads((MODEL_DIR / "config.json").read_text())["foveal_alpha"] == sandbox_clip.foveal_alpha
     assert compose(["model=sandbox"])["foveal"]["alpha"] == sandbox_clip.foveal_alpha  # the CLI agrees
     assert FALIP.bias.for_model(sandbox_clip).alpha == 8.0

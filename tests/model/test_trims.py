@@ -1,0 +1,42 @@
+"""The exact trims of a biased forward (falip/model/trimmed.py) against every row of every layer."""
+import pytest
+import torch
+
+from falip.model.bias import bias_from_token_weights, foveal_token_weights
+
+BOXES = [(2.0, 3.0, 20.0, 30.0), (8.0, 0.0, 32.0, 14.0), (0.0, 0.0, 9.0, 9.0), (10.0, 10.0, 28.0, 31.0),
+         (4.0, 16.0, 31.0, 27.0)]
+
+
+def bias(model, formulation):
+    weights = foveal_token_weights(BOXES, model.image_size, model.patch_size, alpha=3.0, cell_rule="overlap")
+    return bias_from_token_weights(weights.float(), formulation)
+
+
+@pytest.mark.parametrize("layers", [None, [-2, -1], [-1], [0], [1, 2]])
+@pytest.mark.parametrize("formulation", ["cls", "all"])
+@pytest.mark.parametrize("shared", [True, False])
+def test_trimmed_forward_equals_the_full_forward(tiny_clip_each_attention, layers, formulation, shared):
+    model = tiny_clip_each_attention
+    generator = torch.Generator().manual_seed(1)
+    pixels = torch.randn(2 if shared else 5, 3, model.image_size, model.image_size, generator=generator)
+    index = [0, 0, 1, 1, 1] if shared else None
+    mask = bias(model, formulation)
+    trimmed = model.encode_image(pixels, mask, layers, image_index=index)
+    used = dict(model.last_trims)
+    with model.full_rows():
+        full = model.encode_image(pixels, mask, layers, image_index=index)
+        assert model.last_trims == {"cls_only_last_layer": False, "shared_first_biased_layer": False}
+    assert (trimmed - full).abs().max() < 1e-5
+    assert used["cls_only_last_layer"] is True
+    # patch rows of the first biased layer are shared only when the bias touches the [CLS] row alone
+    assert used["shared_first_biased_layer"] is (shared and formulation == "cls")
+    assert model.trims is True
+
+
+def test_trims_leave_plain_clip_and_interventions_alone(tiny_clip):
+    pixels = torch.randn(3, 3, tiny_clip.image_size, tiny_clip.image_size, generator=torch.Generator().manual_seed(2))
+    plain = tiny_clip.clip.get_image_features(pixel_values=pixels).pooler_output
+    assert torch.equal(tiny_clip.encode_image(pixels), plain / plain.norm(dim=-1, keepdim=True))
+    zero = torch.zeros(3, tiny_clip.num_tokens, tiny_clip.num_tokens)
+    assert (tiny_clip.encode_image(pixels, zero) - tiny_clip.encode_image(pixels)).abs().max() < 1e-6
