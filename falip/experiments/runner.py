@@ -264,6 +264,7 @@ def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], ranks: 
     model = FoveatedCLIP.from_pretrained(source, device=device, dtype=run_cfg.get("dtype", "float32"),
                                          attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
     model.trims = bool(run_cfg.get("trims", True))
+    model.cls_stream = bool(run_cfg.get("cls_stream", False))
     return model
 
 

@@ -38,6 +38,7 @@ RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "output_dir": (_text, "a folder path"),
     "progress": (_boolean, "true or false"),
     "trims": (_boolean, "true or false"),
+    "cls_stream": (_boolean, "true or false"),
 }
 
 

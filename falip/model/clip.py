@@ -23,7 +23,7 @@ from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
 from .interventions import Intervention, capture, hooks, resolve_layers
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
-from .trimmed import CLS, layer_rows, shared_first_biased_layer
+from .trimmed import CLS, cls_stream_layer, layer_rows, shared_first_biased_layer
 
 BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
@@ -122,6 +122,9 @@ class FoveatedCLIP(nn.Module):
         # every layer (the reference the trims are tested against). last_trims: what the last call used.
         self.trims = True
         self.last_trims: dict[str, bool] = {}
+        # Opt-in APPROXIMATE mode (run.cls_stream): for [CLS]-row biases over shared pixels, the biased
+        # layers recompute only [CLS] per region over the image's unbiased patch tokens. Never a default.
+        self.cls_stream = False
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -345,14 +348,28 @@ class FoveatedCLIP(nn.Module):
 
         With ``trim`` (:attr:`trims`), the exact trims of :mod:`falip.model.trimmed`: the last layer
         computes the ``[CLS]`` row only, and when the mask touches only the ``[CLS]`` query row, the
-        first biased layer computes its patch rows once per image (``index``)."""
+        first biased layer computes its patch rows once per image (``index``). With :attr:`cls_stream`
+        (approximate, opt-in) the same case runs :func:`falip.model.trimmed.cls_stream_layer` in every
+        layer from the first biased one."""
         vision = self.clip.vision_model
         first = min(biased, default=self.num_layers) if first is None else first
         last = self.num_layers - 1
         share_first = (trim and index is not None and mask is not None and first in biased
                        and not bool(mask[..., 1:, :].count_nonzero()))
-        self.last_trims = {"cls_only_last_layer": trim, "shared_first_biased_layer": share_first}
+        stream = share_first and self.cls_stream
+        self.last_trims = {"cls_only_last_layer": trim, "shared_first_biased_layer": share_first, "cls_stream": stream}
         hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
+        if stream:  # approximate: from the first biased layer on, only [CLS] is recomputed per region
+            layers = vision.encoder.layers
+            for position in range(first):
+                hidden = layers[position](hidden, None)
+            cls = hidden[index][:, :1]
+            for position in range(first, self.num_layers):
+                cls = cls_stream_layer(layers[position], hidden, cls, mask if position in biased else None, index)
+                if position < last:
+                    hidden = layers[position](hidden, None)
+            features = self.clip.visual_projection(vision.post_layernorm(cls[:, 0]))
+            return features / features.norm(dim=-1, keepdim=True)
         for position, layer in enumerate(vision.encoder.layers):
             layer_mask = mask if position in biased else None
             if position == first and share_first:

@@ -55,3 +55,27 @@ def shared_first_biased_layer(layer: nn.Module, hidden: torch.Tensor, mask: torc
     if last:
         return cls
     return torch.cat([cls, layer_rows(layer, hidden, None, PATCHES)[index]], dim=1)
+
+
+def cls_stream_layer(layer: nn.Module, image_hidden: torch.Tensor, cls: torch.Tensor, mask: torch.Tensor | None,
+                     index: torch.Tensor) -> torch.Tensor:
+    """**Approximate** (``run.cls_stream``): one layer for the per-region ``[CLS]`` tokens ``cls`` ``(R, 1, D)``
+    only, attending to themselves and to their image's *unbiased* patch tokens (``image_hidden``
+    ``(I, T, D)``, row ``index[r]``), with mask row 0. The patch tokens never see a region's ``[CLS]``:
+    that is the approximation (exact in a layer's first step, not after)."""
+    attention = layer.self_attn
+    heads, head_dim = attention.num_heads, attention.head_dim
+    patches = layer.layer_norm1(image_hidden[:, 1:])
+    own = layer.layer_norm1(cls)
+    keys = torch.cat([attention.k_proj(own), attention.k_proj(patches)[index]], dim=1)
+    values = torch.cat([attention.v_proj(own), attention.v_proj(patches)[index]], dim=1)
+    batch, tokens, width = keys.shape
+
+    def split(tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.view(batch, tensor.shape[1], heads, head_dim).transpose(1, 2)
+
+    interface = ALL_ATTENTION_FUNCTIONS.get_interface(attention.config._attn_implementation, eager_attention_forward)
+    output, _ = interface(attention, split(attention.q_proj(own)), split(keys), split(values),
+                          None if mask is None else mask[..., CLS, :], scaling=attention.scale, dropout=0.0)
+    hidden = cls + attention.out_proj(output.reshape(batch, 1, width))
+    return hidden + layer.mlp(layer.layer_norm2(hidden))

@@ -17,9 +17,9 @@ EXPECTED = Path(__file__).parent / "expected"
 SPEC = json.loads((EXPECTED / "cases.json").read_text())
 
 
-def run_case(name, tmp_path, monkeypatch, output="out"):
+def run_case(name, tmp_path, monkeypatch, output="out", extra=()):
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
-    config = compose([*SPEC["cases"][name], f"run.output_dir={tmp_path / output}", "run.progress=false"])
+    config = compose([*SPEC["cases"][name], f"run.output_dir={tmp_path / output}", "run.progress=false", *extra])
     run_experiment(config)
     return tmp_path / output / f"{name}.csv"
 
@@ -51,3 +51,11 @@ def test_rerun_gives_identical_csv(tmp_path, monkeypatch):
     first = run_case("shapes_rec", tmp_path, monkeypatch, "a").read_bytes()
     second = run_case("shapes_rec", tmp_path, monkeypatch, "b").read_bytes()
     assert first == second
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["shapes_rec", "shapes_ablation"])
+def test_exact_trims_leave_the_tables_unchanged(name, tmp_path, monkeypatch):
+    trimmed = run_case(name, tmp_path, monkeypatch, "trimmed").read_bytes()
+    full = run_case(name, tmp_path, monkeypatch, "full", extra=["run.trims=false"]).read_bytes()
+    assert trimmed == full

@@ -26,7 +26,7 @@ def test_trimmed_forward_equals_the_full_forward(tiny_clip_each_attention, layer
     used = dict(model.last_trims)
     with model.full_rows():
         full = model.encode_image(pixels, mask, layers, image_index=index)
-        assert model.last_trims == {"cls_only_last_layer": False, "shared_first_biased_layer": False}
+        assert model.last_trims == {"cls_only_last_layer": False, "shared_first_biased_layer": False, "cls_stream": False}
     assert (trimmed - full).abs().max() < 1e-5
     assert used["cls_only_last_layer"] is True
     # patch rows of the first biased layer are shared only when the bias touches the [CLS] row alone
@@ -40,3 +40,31 @@ def test_trims_leave_plain_clip_and_interventions_alone(tiny_clip):
     assert torch.equal(tiny_clip.encode_image(pixels), plain / plain.norm(dim=-1, keepdim=True))
     zero = torch.zeros(3, tiny_clip.num_tokens, tiny_clip.num_tokens)
     assert (tiny_clip.encode_image(pixels, zero) - tiny_clip.encode_image(pixels)).abs().max() < 1e-6
+
+
+def test_cls_stream_is_exact_in_its_first_layer_approximate_after_and_opt_in(tiny_clip_each_attention):
+    model = tiny_clip_each_attention
+    pixels = torch.randn(2, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(3))
+    index = [0, 0, 1, 1, 1]
+    mask = bias(model, "cls")
+    exact = {layers: model.encode_image(pixels, mask, list(layers) if layers else None, image_index=index)
+             for layers in ((-1,), None)}
+    assert model.last_trims["cls_stream"] is False  # off by default
+    model.cls_stream = True
+    try:
+        last_only = model.encode_image(pixels, mask, [-1], image_index=index)
+        assert model.last_trims["cls_stream"] is True
+        assert (last_only - exact_of(exact, [-1])).abs().max() < 1e-5  # one biased layer = the last: exact
+        every = model.encode_image(pixels, mask, None, image_index=index)
+        cosine = (every * exact_of(exact, None)).sum(-1)
+        assert cosine.min() > 0.5 and (every - exact_of(exact, None)).abs().max() > 1e-4  # an approximation
+        model.encode_image(pixels, bias(model, "all"), None, image_index=index)
+        assert model.last_trims["cls_stream"] is False  # not for biases on other rows
+        model.encode_image(pixels[[0, 0, 1, 1, 1]], mask, None)
+        assert model.last_trims["cls_stream"] is False  # nor without shared pixels
+    finally:
+        model.cls_stream = False
+
+
+def exact_of(results, layers):
+    return results[tuple(layers) if layers else None]
