@@ -18,7 +18,7 @@ def finished(tmp_path_factory):
     root = tmp_path_factory.mktemp("pc")
     out = root / "results"
     write_shapes_3d(root / "modelnet", seed=11, shapes_per_class=8, cluttered_fraction=0.5, max_clutter=0.3)
-    scan = write_shapes_3d_scanobjectnn(root / "scan", seed=12, shapes_per_class=8, cluttered_fraction=1.0,
+    scan = write_shapes_3d_scanobjectnn(root / "scan", seed=12, shapes_per_class=8, cluttered_fraction=0.5,
                                         max_clutter=0.3, variant="OBJ_BG")
     runs = {"modelnet40_3d": [f"dataset.root={root / 'modelnet'}"],
             "scanobjectnn_3d": [f"dataset.root={scan}", "dataset.variant=OBJ_BG",
@@ -50,10 +50,10 @@ def test_pc_table_lays_out_the_paper_table(finished):
     table = pd.read_csv(finished / "pc_table.csv", index_col=0)
     assert list(table.columns[-3:]) == ["ModelNet40", "ScanObjectNN", "Avg"]
     paper = table[table["source"].str.startswith("paper")]
-    assert list(paper.index) == ["Original CLIP", "FALIP"] and paper.loc["FALIP", "ModelNet40"] == 18.6
+    assert list(paper.index) == ["Original CLIP [paper]", "FALIP [paper]"] and paper.loc["FALIP [paper]", "ModelNet40"] == 18.6
     ours = table.loc["FALIP [ours - paper]"]
     measured = pd.read_csv(finished / "modelnet40_3d.csv", index_col=0).loc["FALIP", "test"]
-    assert ours["ModelNet40"] == pytest.approx(measured - 18.6, abs=0.01)
+    assert ours["ModelNet40"] == pytest.approx(measured - 18.6, abs=0.051)  # the table rounds to 0.1
 
 
 @pytest.mark.slow

