@@ -8,7 +8,7 @@ RUN := $(BIN)/falip-run
 ARGS ?=
 
 .PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
-        rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims train-sandbox clean
+        rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision train-sandbox clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
@@ -17,7 +17,7 @@ help:
 	@echo "make sandbox-reference   re-record the committed results/sandbox/ at the current commit"
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
 	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
-	@echo "make bench           bias-overhead, REC-throughput, intervention and scaling benchmarks -> results/benchmarks/"
+	@echo "make bench           bias-overhead, REC-throughput, intervention, scaling, trims and precision benchmarks -> results/benchmarks/"
 	@echo "make train-sandbox   retrain the shipped sandbox CLIP (about 35-40 min on 2 CPU cores)"
 	@echo "Pass overrides with ARGS='key=value ...' (see falip-run --help)."
 
@@ -69,7 +69,9 @@ bench-scaling: install
 	$(BIN)/python scripts/bench_scaling.py
 bench-trims: install
 	$(BIN)/python scripts/bench_trims.py
-bench: bench-bias bench-rec bench-interventions bench-scaling bench-trims
+bench-precision: install
+	$(BIN)/python scripts/bench_precision.py
+bench: bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision
 
 train-sandbox: install
 	$(BIN)/python scripts/train_sandbox_clip.py

@@ -131,8 +131,10 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=2500)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--steps", type=int, default=TrainConfig.steps)
+    parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    parser.add_argument("--pointcloud-batch", type=int, default=TrainConfig.pointcloud_batch,
+                        help="depth maps of 3D shapes added to each batch (0: scenes only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -148,7 +150,7 @@ def main() -> None:
         train, history = TrainConfig(**log["config"]), log["history"]
         wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
     else:
-        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, seed=args.seed, threads=args.threads)
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out)
         wall = time.perf_counter() - started

@@ -28,6 +28,11 @@ from ..errors import FalipError
 from ..geometry import Box, Region
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
+
+# Image forwards per batch. 32 measured fastest on CPU for ViT-B/16-sized weights in the REC pipeline
+# (1.11x batch 64, 1.16x batch 128, 1.10x batch 16; scripts/bench_rec.py -> results/benchmarks/rec_throughput.csv);
+# on a GPU pass run.batch_size=256.
+DEFAULT_BATCH_SIZE = 32
 from ..prompts.prompt import VisualPrompt, roa_token_mask
 
 
@@ -125,7 +130,7 @@ class RegionEncoder:
     counts the image rows the layers before the first biased one ran on.
     """
 
-    def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = 64):
+    def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = DEFAULT_BATCH_SIZE):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size = model, prompt, batch_size
@@ -233,7 +238,7 @@ class RegionEncoder:
 
 
 def encode_regions(model: FoveatedCLIP, image: Image.Image, regions: Sequence[Region | Box], prompt: VisualPrompt,
-                   resize: str = "squash", batch_size: int = 64) -> torch.Tensor:
+                   resize: str = "squash", batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
     """L2-normalised embeddings ``(K, D)`` of the K ``regions`` of ``image`` under ``prompt``: each an
     xyxy box in pixels, or a :class:`~falip.geometry.Region` (several boxes as one ROA, or a mask)."""
     encoder = RegionEncoder(model, prompt, batch_size)
@@ -299,7 +304,7 @@ def _identity(item):
 
 
 def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequence[Region | Box]],
-                 prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = 64,
+                 prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = DEFAULT_BATCH_SIZE,
                  num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
                  counts: EncodingCounts | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.

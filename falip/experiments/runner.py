@@ -24,7 +24,7 @@ from PIL import Image
 
 from ..data.images import read_rgb
 from ..data.registry import check_dataset, load_dataset_split
-from ..encoding.regions import EncodingCounts, encode_items
+from ..encoding.regions import DEFAULT_BATCH_SIZE, EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
@@ -47,7 +47,7 @@ from .settings import check_run_settings
 class LoopOptions:
     """The ``run.*`` settings that shape the loop (not what it computes, except ``skip_bad_samples``)."""
 
-    batch_size: int = 64
+    batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int = 0
     prefetch_images: int = 64
     skip_bad_samples: bool = False
@@ -55,7 +55,7 @@ class LoopOptions:
 
     @classmethod
     def from_config(cls, run_cfg: Mapping[str, Any]) -> "LoopOptions":
-        return cls(batch_size=int(run_cfg.get("batch_size", 64)), num_workers=int(run_cfg.get("num_workers", 0)),
+        return cls(batch_size=int(run_cfg.get("batch_size", DEFAULT_BATCH_SIZE)), num_workers=int(run_cfg.get("num_workers", 0)),
                    prefetch_images=int(run_cfg.get("prefetch_images", 64)),
                    skip_bad_samples=bool(run_cfg.get("skip_bad_samples", False)),
                    progress=bool(run_cfg.get("progress", True)))
