@@ -27,6 +27,8 @@ Each ratio row compares two sides' expressions/s measured in the same rounds, al
 first; ratio = median of the round-by-round ratios (the machine's drift cancels), range beside it; the
 released-style loop (minutes per run) is measured in the first ``--released-repeats`` rounds only, and
 its ratios are ratios of medians.
+On a GPU: ``--device cuda --dtype float16 --vit-images 200 --batch-size 256`` (every row names the device
+and dtype; the issue's GPU goal is >= 2,000 region embeddings/s for ViT-B/16 fp16 on one H100).
 Writes results/benchmarks/rec_throughput.csv (one row per comparison).
 """
 from __future__ import annotations
@@ -52,6 +54,7 @@ from falip.experiments.benchmarking import environment_columns, write_rows
 from falip.experiments.generated import build_generated_dataset
 from falip.experiments.runner import LoopOptions, evaluate_split
 from falip.geometry import iou
+from falip.model.clip import resolve_device, resolve_dtype
 from falip.model.random_clip import random_clip
 from falip.prompts import FovealBias, VisualPrompt
 from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
@@ -149,7 +152,7 @@ def raw_forward(model: FoveatedCLIP, split: RecSplit, bias: FovealBias, batch_si
     size = model.image_size
     per_image = split.num_candidates / len(split.images)
     rows = split.num_candidates
-    pixels = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0))
+    pixels = torch.randn(batch_size, 3, size, size, generator=torch.Generator().manual_seed(0)).to(model.device, model.dtype)
     boxes = [[size * 0.1, size * 0.2, size * 0.6, size * 0.9]] * batch_size
     bias_rows = bias.for_model(model).build(boxes, size, model.patch_size)
     started, done = time.perf_counter(), 0
@@ -183,7 +186,7 @@ def measure(sides: dict[str, Callable[[], dict]], repeats: dict[str, int]) -> di
 
 
 def comparison(label: str, dataset: str, layers, batch_size: int, results: dict, a: str, b: str,
-               goal: float | None, accuracy: bool) -> dict:
+               goal: float | None, accuracy: bool, model_dtype: torch.dtype = torch.float32) -> dict:
     """One CSV row: side ``a`` over side ``b`` in expressions answered per second (the same work: the
     released-style loop computes each region once per expression, the pipeline once): the median of
     the round-by-round ratios where both sides ran every round, else the ratio of their medians."""
@@ -210,6 +213,7 @@ def comparison(label: str, dataset: str, layers, batch_size: int, results: dict,
             "ratio": f"{ratio:.3f}", "paired_ratio_min": f"{pairs[0]:.3f}", "paired_ratio_max": f"{pairs[-1]:.3f}",
             "pairing": pairing, "goal_ratio": goal if goal else "", "meets_goal": (ratio >= goal) if goal else "",
             "measured_accuracy": acc(a), "against_accuracy": acc(b), "batch_size": batch_size,
+            "dtype": str(model_dtype).replace("torch.", ""),
             **environment_columns()}
 
 
@@ -228,6 +232,8 @@ def main() -> None:
     parser.add_argument("--batch-sizes", nargs="*", type=int, default=[16, 64, 128],
                         help="other batch sizes, each measured as its own side against --batch-size")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--device", default="cpu", help="cpu | cuda (run.device)")
+    parser.add_argument("--dtype", default="float32", help="float32 | float16 | bfloat16 (run.dtype)")
     parser.add_argument("--out", default="results/benchmarks/rec_throughput.csv")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -236,7 +242,8 @@ def main() -> None:
     rows = []
     for name in args.models:
         if name == "sandbox":
-            model, label = FoveatedCLIP.from_pretrained(SANDBOX_MODEL_DIR), "sandbox CLIP (4 x 128, 64 px)"
+            model = FoveatedCLIP.from_pretrained(SANDBOX_MODEL_DIR, device=args.device, dtype=args.dtype)
+            label = "sandbox CLIP (4 x 128, 64 px)"
             root = build_generated_dataset({"_target_": "falip.sandbox.datasets.write_shapes_rec", "seed": 99,
                                             "scenes_per_split": args.scenes, "width": 96, "height": 80,
                                             "splits": {"objects3": 3}}, work / "sandbox")
@@ -245,7 +252,8 @@ def main() -> None:
             layers, fast, slow, accuracy = None, args.repeats, args.repeats, True
             dataset = f"{args.scenes} scenes x 3 objects, 96x80 PNG, 1 expression per object"
         else:
-            model, label = random_clip(name), f"random {name} weights"
+            model = random_clip(name, dtype=resolve_dtype(args.dtype)).to(resolve_device(args.device))
+            label = f"random {name} weights"
             root = write_coco_like(work / "coco", args.vit_images, args.candidates).parent
             split = load_rec_split("shapes", "testA", root=root, layout="refer", split_by="synthetic")
             layers, fast, slow, accuracy = (-4, -3, -2, -1), args.vit_repeats, args.released_repeats, False
@@ -275,7 +283,7 @@ def main() -> None:
                            ("pipeline", "raw forward", RAW_GOAL),
                            ("pipeline", "raw forward, image sharing", None),
                            *[(f"pipeline, batch {size}", "pipeline", None) for size in args.batch_sizes]]:
-            rows.append(comparison(label, dataset, layers, args.batch_size, results, a, b, goal, accuracy))
+            rows.append(comparison(label, dataset, layers, args.batch_size, results, a, b, goal, accuracy, model.dtype))
     print("wrote", write_rows(args.out, rows))
 
 

@@ -82,13 +82,14 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
         "offline. Not a general-purpose model: it knows 5 colours x 4 shapes, and 6 solids as depth maps.", "",
         "## Training", "",
         f"- command: `python scripts/train_sandbox_clip.py --steps {train.steps} --batch-size {train.batch_size} "
+        f"--pointcloud-batch {train.pointcloud_batch} --pointcloud-from-step {train.pointcloud_from_step} "
         f"--seed {train.seed} --threads {train.threads}`",
         f"- seed {train.seed}; {train.steps} steps x batch {train.batch_size}; AdamW lr {train.lr} "
         f"(warmup {train.warmup_steps}, cosine), weight decay {train.weight_decay}",
         f"- data: scenes of 1-{train.max_objects} objects on canvases of {train.canvas_min}-{train.canvas_max} px a side, "
         "squashed to 64 px, each captioned by one of its objects through a random template; soft targets "
         "(image i, caption j) positive whenever scene i contains the object caption j names; plus "
-        f"{train.pointcloud_batch} depth maps per batch (one random PointCLIP view of a random posed shape of "
+        f"{train.pointcloud_batch} depth maps per batch from step {train.pointcloud_from_step} on (one random PointCLIP view of a random posed shape of "
         f"{train.pointcloud_points} points, up to {train.pointcloud_max_clutter:.0%} clutter) captioned "
         "'point cloud depth map of a {shape}.', positives by shape",
         f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     parser.add_argument("--pointcloud-batch", type=int, default=TrainConfig.pointcloud_batch,
                         help="depth maps of 3D shapes added to each batch (0: scenes only)")
+    parser.add_argument("--pointcloud-from-step", type=int, default=TrainConfig.pointcloud_from_step,
+                        help="the depth maps join the batches from this step on (before it: scenes only)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -150,7 +153,7 @@ def main() -> None:
         train, history = TrainConfig(**log["config"]), log["history"]
         wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
     else:
-        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, seed=args.seed, threads=args.threads)
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out)
         wall = time.perf_counter() - started

@@ -62,6 +62,7 @@ class TrainConfig:
     targets: str = "contains"   # "contains": (i, j) positive if scene i contains caption j's object;
                                 # "same_object": if captions i and j name the same object
     pointcloud_batch: int = 32  # PointCLIP depth maps (one random view of a random 3D shape) added to each batch
+    pointcloud_from_step: int = 0  # depth maps join the batches from this step on (before: scenes only)
     pointcloud_points: int = 1024
     pointcloud_max_clutter: float = 0.2
 
@@ -160,7 +161,10 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
     for step in range(train.steps):
         for group in optimizer.param_groups:
             group["lr"] = lr_at(step)
-        pixels, captions, positives = mixed_batch(rng, rng_3d, train, prep)
+        if step >= train.pointcloud_from_step:
+            pixels, captions, positives = mixed_batch(rng, rng_3d, train, prep)
+        else:
+            pixels, captions, positives = make_batch(rng, train, prep)
         tokens = tokenizer(captions, padding=True, return_tensors="pt")
         image = model.get_image_features(pixel_values=pixels).pooler_output
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
