@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import tempfile
 import time
@@ -132,6 +133,7 @@ def released_style_loop(model: FoveatedCLIP, split: RecSplit, bias: FovealBias, 
 def pipeline(model: FoveatedCLIP, split: RecSplit, prompt: VisualPrompt, batch_size: int, out: Path,
              trims: bool = True, cls_stream: bool = False) -> dict[str, float]:
     """Expressions/s, region embeddings/s and accuracy of the experiments' loop over ``split``."""
+    previous = model.trims, model.cls_stream
     model.trims, model.cls_stream = trims, cls_stream
     options = LoopOptions(batch_size=batch_size, num_workers=0, progress=False)
     started = time.perf_counter()
@@ -139,7 +141,7 @@ def pipeline(model: FoveatedCLIP, split: RecSplit, prompt: VisualPrompt, batch_s
         with torch.inference_mode():
             result = evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options, out)
     finally:
-        model.trims, model.cls_stream = True, False
+        model.trims, model.cls_stream = previous
     wall = time.perf_counter() - started
     return {"expressions_per_s": split.num_sentences / wall, "regions_per_s": split.num_candidates / wall,
             "accuracy": result.accuracy[prompt.name]}
@@ -200,8 +202,9 @@ def comparison(label: str, dataset: str, layers, batch_size: int, results: dict,
         pairing = f"ratio of medians ({len(rates[a])} vs {len(rates[b])} measurements; range = extremes)"
     median = {side: {key: statistics.median(m[key] for m in results[side]) for key in ("expressions_per_s", "regions_per_s")}
               for side in (a, b)}
-    def acc(side):
-        return f"{results[side][0]['accuracy']:.2f}" if accuracy and results[side][0]["accuracy"] == results[side][0]["accuracy"] else ""
+    def acc(side):  # raw forwards answer nothing: no accuracy
+        value = results[side][0]["accuracy"]
+        return f"{value:.2f}" if accuracy and not math.isnan(value) else ""
     print(f"{label}: {a} / {b} = {ratio:.2f} (paired {pairs[0]:.2f}-{pairs[-1]:.2f})"
           + (f", goal >= {goal}" if goal else ""))
     return {"model": label, "dataset": dataset, "bias_layers": "all" if layers is None else " ".join(map(str, layers)),

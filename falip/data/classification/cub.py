@@ -18,6 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ...errors import DatasetError
+from ..folders import first_folder
 from ...geometry import Box, xywh_to_xyxy
 from .types import ClassificationSample, ClassificationSplit
 
@@ -30,9 +31,9 @@ HOW_TO_GET = ("Get CUB_200_2011.tgz from https://data.caltech.edu/records/65de6-
 def cub_root(root: str | Path) -> Path:
     """The folder holding images.txt: ``root`` itself or ``root/CUB_200_2011``."""
     root = Path(root)
-    for candidate in (root, root / "CUB_200_2011"):
-        if (candidate / "images.txt").is_file():
-            return candidate
+    found = first_folder((root, root / "CUB_200_2011"), lambda folder: (folder / "images.txt").is_file())
+    if found is not None:
+        return found
     raise DatasetError(f"dataset.root={root} holds no CUB-200-2011 (expected {root}/images.txt or "
                        f"{root}/CUB_200_2011/images.txt with {', '.join(FILES)}). {HOW_TO_GET}")
 

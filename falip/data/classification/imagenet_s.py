@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image
 
 from ...errors import DatasetError
+from ..folders import first_folder
 from ...geometry import Region
 from .types import ClassificationSample, ClassificationSplit
 
@@ -75,9 +76,10 @@ class ClassMask:
 
 def variant_root(root: str | Path, variant: str) -> Path:
     root = Path(root)
-    for candidate in (root / f"ImageNetS{variant}", root):
-        if (candidate / "validation").is_dir() and (candidate / "validation-segmentation").is_dir():
-            return candidate
+    found = first_folder((root / f"ImageNetS{variant}", root), lambda folder: (
+        (folder / "validation").is_dir() and (folder / "validation-segmentation").is_dir()))
+    if found is not None:
+        return found
     raise DatasetError(f"dataset.root={root} holds no ImageNetS{variant}/validation and validation-segmentation. "
                        f"{HOW_TO_GET}")
 

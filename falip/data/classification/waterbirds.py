@@ -15,6 +15,7 @@ import csv
 from pathlib import Path
 
 from ...errors import DatasetError
+from ..folders import first_folder
 from .cub import cub_boxes
 from .types import ClassificationSample, ClassificationSplit
 
@@ -30,9 +31,9 @@ HOW_TO_GET = ("Get waterbird_complete95_forest2water2.tar.gz (https://nlp.stanfo
 
 def waterbirds_root(root: str | Path) -> Path:
     root = Path(root)
-    for candidate in (root, root / FOLDER):
-        if (candidate / "metadata.csv").is_file():
-            return candidate
+    found = first_folder((root, root / FOLDER), lambda folder: (folder / "metadata.csv").is_file())
+    if found is not None:
+        return found
     raise DatasetError(f"dataset.root={root} holds no Waterbirds metadata.csv (nor {root / FOLDER}/metadata.csv). "
                        f"{HOW_TO_GET}")
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ...errors import DatasetError
+from ..folders import first_folder
 from .types import PointCloudSplit, read_class_names, read_h5_arrays, samples_from_arrays
 
 FOLDER = "modelnet40_ply_hdf5_2048"
@@ -30,9 +31,9 @@ HOW_TO_GET = ("Get modelnet40_ply_hdf5_2048.zip (the PointNet release, https://s
 
 def modelnet40_root(root: str | Path) -> Path:
     root = Path(root)
-    for candidate in (root, root / FOLDER):
-        if (candidate / "shape_names.txt").is_file():
-            return candidate
+    found = first_folder((root, root / FOLDER), lambda folder: (folder / "shape_names.txt").is_file())
+    if found is not None:
+        return found
     raise DatasetError(f"dataset.root={root} holds no ModelNet40 (expected {root}/shape_names.txt or "
                        f"{root}/{FOLDER}/shape_names.txt beside ply_data_test*.h5). {HOW_TO_GET}")
 
