@@ -83,7 +83,8 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
         "## Training", "",
         f"- command: `python scripts/train_sandbox_clip.py --steps {train.steps} --batch-size {train.batch_size} "
         f"--pointcloud-batch {train.pointcloud_batch} --pointcloud-from-step {train.pointcloud_from_step} "
-        f"--seed {train.seed} --threads {train.threads}`",
+        + (f"--pointcloud-loss-weight {train.pointcloud_loss_weight} " if train.pointcloud_loss_weight is not None else "")
+        + f"--seed {train.seed} --threads {train.threads}`",
         f"- seed {train.seed}; {train.steps} steps x batch {train.batch_size}; AdamW lr {train.lr} "
         f"(warmup {train.warmup_steps}, cosine), weight decay {train.weight_decay}",
         f"- data: scenes of 1-{train.max_objects} objects on canvases of {train.canvas_min}-{train.canvas_max} px a side, "
@@ -138,6 +139,9 @@ def main() -> None:
                         help="depth maps of 3D shapes added to each batch (0: scenes only)")
     parser.add_argument("--pointcloud-from-step", type=int, default=TrainConfig.pointcloud_from_step,
                         help="the depth maps join the batches from this step on (before it: scenes only)")
+    parser.add_argument("--pointcloud-loss-weight", type=float, default=TrainConfig.pointcloud_loss_weight,
+                        help="give the depth maps their own softmax, weighted by this against the scenes' "
+                             "(default: one softmax over scenes and depth maps together)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -153,7 +157,8 @@ def main() -> None:
         train, history = TrainConfig(**log["config"]), log["history"]
         wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
     else:
-        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step, seed=args.seed, threads=args.threads)
+        train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step,
+                            pointcloud_loss_weight=args.pointcloud_loss_weight, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out)
         wall = time.perf_counter() - started

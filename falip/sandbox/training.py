@@ -63,6 +63,8 @@ class TrainConfig:
                                 # "same_object": if captions i and j name the same object
     pointcloud_batch: int = 32  # PointCLIP depth maps (one random view of a random 3D shape) added to each batch
     pointcloud_from_step: int = 0  # depth maps join the batches from this step on (before: scenes only)
+    pointcloud_loss_weight: float | None = None  # None: scenes and depth maps share one softmax (block-diagonal
+                                                 # positives); w: each has its own, loss = scenes + w * depth maps
     pointcloud_points: int = 1024
     pointcloud_max_clutter: float = 0.2
 
@@ -136,6 +138,15 @@ def contrastive_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Ten
     return (image_loss + text_loss) / 2
 
 
+def batch_loss(logits: torch.Tensor, positives: torch.Tensor, scenes: int, train: TrainConfig) -> torch.Tensor:
+    """The training loss of a batch whose first ``scenes`` rows/columns are scenes (the rest depth maps)."""
+    if train.pointcloud_loss_weight is None or scenes == len(positives):
+        return contrastive_loss(logits, positives)
+    scene_loss = contrastive_loss(logits[:scenes, :scenes], positives[:scenes, :scenes])
+    depth_loss = contrastive_loss(logits[scenes:, scenes:], positives[scenes:, scenes:])
+    return scene_loss + train.pointcloud_loss_weight * depth_loss
+
+
 def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
                        log: Callable[[str], None] = print) -> tuple[CLIPModel, object, list[dict]]:
     """Train from ``train`` (seeded) and, if ``out_dir`` is given, save the HF model directory there."""
@@ -170,7 +181,7 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
-        loss = contrastive_loss(logits, positives)
+        loss = batch_loss(logits, positives, train.batch_size, train)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -223,5 +234,5 @@ def vocabulary_covers(texts: list[str]) -> list[str]:
     return unknown
 
 
-__all__ = ["TrainConfig", "POINTCLOUD_TEMPLATE", "mixed_batch", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
+__all__ = ["TrainConfig", "POINTCLOUD_TEMPLATE", "mixed_batch", "batch_loss", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
            "TRAIN_TEMPLATES", "CLASSES", "expression"]

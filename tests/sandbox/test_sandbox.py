@@ -15,8 +15,8 @@ from falip.experiments.generated import MARKER, build_generated_dataset
 from falip.sandbox.evaluation import classification_accuracy, scene_classification_split
 from falip.sandbox.scenes import CLASS_NAMES, CLASSES, generate_scene
 from falip.sandbox.shapes3d import SHAPES_3D, normalize_to_unit_sphere, sample_shape
-from falip.sandbox.training import (POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, mixed_batch, preprocessor,
-                                    train_sandbox_clip, vocabulary_covers)
+from falip.sandbox.training import (POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, batch_loss, contrastive_loss,
+                                    mixed_batch, preprocessor, train_sandbox_clip, vocabulary_covers)
 
 
 def test_scenes_are_seeded_disjoint_tight_and_unique():
@@ -73,6 +73,23 @@ def test_training_batches_pair_depth_maps_only_with_their_shape():
         for j in range(6, 11):
             assert bool(positives[i, j]) == (captions[i] == captions[j])
     assert pixels[6:].min() >= 0 and captions[6].startswith("point cloud depth map of a ")
+
+
+def test_depth_maps_get_their_own_weighted_softmax_when_asked():
+    torch.manual_seed(0)
+    logits, positives = torch.randn(7, 7) * 3, torch.zeros(7, 7)
+    positives[:4, :4] = torch.eye(4)
+    positives[4:, 4:] = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 1]])
+    joint = batch_loss(logits, positives, 4, TrainConfig())
+    assert torch.allclose(joint, contrastive_loss(logits, positives))
+    separate = batch_loss(logits, positives, 4, TrainConfig(pointcloud_loss_weight=0.25))
+    expected = contrastive_loss(logits[:4, :4], positives[:4, :4]) + 0.25 * contrastive_loss(logits[4:, 4:], positives[4:, 4:])
+    assert torch.allclose(separate, expected) and not torch.allclose(separate, joint)
+    moved = logits.clone()
+    moved[:4, 4:] += 50.0  # scene-vs-depth logits do not enter the separate losses
+    assert torch.allclose(batch_loss(moved, positives, 4, TrainConfig(pointcloud_loss_weight=0.25)), separate)
+    assert torch.allclose(batch_loss(logits[:4, :4], positives[:4, :4], 4, TrainConfig(pointcloud_loss_weight=0.25)),
+                          contrastive_loss(logits[:4, :4], positives[:4, :4]))
 
 
 def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):
