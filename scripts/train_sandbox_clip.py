@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
 import time
 from pathlib import Path
@@ -55,17 +56,25 @@ def evaluate(model: FoveatedCLIP, scenes: int) -> dict:
 
 
 def loss_curve(history: list[dict], path: Path) -> None:
+    """The contrastive loss per logged step; a second panel for the two-stage recipe's stage 2."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    ax.plot([h["step"] for h in history], [h["loss"] for h in history])
-    ax.set_xlabel("step")
-    ax.set_ylabel("contrastive loss")
-    ax.set_title("sandbox CLIP training")
-    ax.grid(alpha=0.3)
+    stages = [[h for h in history if "stage" not in h], [h for h in history if "stage" in h]]
+    stages = [entries for entries in stages if entries]
+    fig, axes = plt.subplots(1, len(stages), figsize=(5 * len(stages), 3), dpi=100, squeeze=False)
+    for ax, entries in zip(axes[0], stages):
+        ax.plot([h["step"] for h in entries], [h["loss"] for h in entries], label="loss")
+        if "depth_loss" in entries[0]:
+            ax.plot([h["step"] for h in entries], [h["depth_loss"] for h in entries], label="depth-map loss")
+            ax.axhline(math.log(6), color="grey", ls=":", label="chance (ln 6)")
+            ax.legend(fontsize=7)
+        ax.set_xlabel("step")
+        ax.set_ylabel("loss")
+        ax.set_title("stage 2: depth maps, scenes held" if "stage" in entries[0] else "sandbox CLIP training")
+        ax.grid(alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -84,15 +93,24 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
         f"- command: `python scripts/train_sandbox_clip.py --steps {train.steps} --batch-size {train.batch_size} "
         f"--pointcloud-batch {train.pointcloud_batch} --pointcloud-from-step {train.pointcloud_from_step} "
         + (f"--pointcloud-loss-weight {train.pointcloud_loss_weight} " if train.pointcloud_loss_weight is not None else "")
+        + (f"--depth-words-steps {train.depth_words_steps} " if train.depth_words_steps else "")
+        + (f"--stage1-from {args.stage1_from} " if getattr(args, "stage1_from", None) else "")
         + f"--seed {train.seed} --threads {train.threads}`",
         f"- seed {train.seed}; {train.steps} steps x batch {train.batch_size}; AdamW lr {train.lr} "
         f"(warmup {train.warmup_steps}, cosine), weight decay {train.weight_decay}",
         f"- data: scenes of 1-{train.max_objects} objects on canvases of {train.canvas_min}-{train.canvas_max} px a side, "
         "squashed to 64 px, each captioned by one of its objects through a random template; soft targets "
-        "(image i, caption j) positive whenever scene i contains the object caption j names; plus "
-        f"{train.pointcloud_batch} depth maps per batch from step {train.pointcloud_from_step} on (one random PointCLIP view of a random posed shape of "
-        f"{train.pointcloud_points} points, up to {train.pointcloud_max_clutter:.0%} clutter) captioned "
-        "'point cloud depth map of a {shape}.', positives by shape",
+        "(image i, caption j) positive whenever scene i contains the object caption j names"
+        + ("" if not train.pointcloud_batch else
+           f"; plus {train.pointcloud_batch} depth maps per batch from step {train.pointcloud_from_step} on (one random "
+           f"PointCLIP view of a random posed shape of {train.pointcloud_points} points, up to "
+           f"{train.pointcloud_max_clutter:.0%} clutter) captioned 'point cloud depth map of a {{shape}}.', positives by shape")
+        + ("" if not train.depth_words_steps else
+           f"; then (two-stage recipe; stage 1 used the scene vocabulary only) {train.depth_words_steps} steps of "
+           f"{train.depth_words_batch} posed shapes x 6 PointCLIP views classified among the 6 captions 'point cloud "
+           f"depth map of a {{shape}}.' (vision tower lr {train.depth_vision_lr}, the new words' embeddings lr "
+           f"{train.depth_words_lr}, everything else frozen), {train.depth_distill_scenes} scenes per step held to the "
+           f"stage-1 vision hidden states (weight {train.depth_distill_weight})"),
         f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
         f"text {train.text_layers} layers x {train.text_width}; projection {train.projection_dim}",
         f"- wall time {wall_s / 60:.1f} min on {platform.machine()} with {train.threads} torch threads "
@@ -142,6 +160,12 @@ def main() -> None:
     parser.add_argument("--pointcloud-loss-weight", type=float, default=TrainConfig.pointcloud_loss_weight,
                         help="give the depth maps their own softmax, weighted by this against the scenes' "
                              "(default: one softmax over scenes and depth maps together)")
+    parser.add_argument("--depth-words-steps", type=int, default=TrainConfig.depth_words_steps,
+                        help="> 0: the two-stage recipe (scenes alone, then this many steps teaching depth maps "
+                             "with the scene behaviour held; needs --pointcloud-batch 0)")
+    parser.add_argument("--stage1-out", type=Path, help="two-stage recipe: also save the stage-1 (scenes-only) model here")
+    parser.add_argument("--stage1-from", type=Path,
+                        help="two-stage recipe: load the stage-1 model from here instead of training it")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -158,9 +182,10 @@ def main() -> None:
         wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
     else:
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step,
-                            pointcloud_loss_weight=args.pointcloud_loss_weight, seed=args.seed, threads=args.threads)
+                            pointcloud_loss_weight=args.pointcloud_loss_weight,
+                            depth_words_steps=args.depth_words_steps, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
-        _, _, history = train_sandbox_clip(train, args.out)
+        _, _, history = train_sandbox_clip(train, args.out, stage1_from=args.stage1_from, stage1_out=args.stage1_out)
         wall = time.perf_counter() - started
         log = json.loads((args.out / "training_log.json").read_text())
         log.update({"wall_time_s": round(wall, 1), "machine_note": args.machine_note})

@@ -28,7 +28,7 @@ from ..model.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePrepro
 from ..data.pointcloud.projection import depth_maps, model_inputs
 from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
 from .shapes3d import SHAPES_3D, sample_shapes
-from ..model.tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
+from ..model.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, build_word_tokenizer
 
 # Caption forms: the REC text ("a photo of " + expression), the classification templates, and plain forms.
 TRAIN_TEMPLATES: tuple[str, ...] = (
@@ -36,8 +36,9 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
 )
 # PointCLIP's text template (falip/tasks/pointcloud.py uses the same by default).
 POINTCLOUD_TEMPLATE = "point cloud depth map of a {}."
-VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES,
-                               "point", "cloud", "depth", "map", *SHAPES_3D)
+SCENE_VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES)
+DEPTH_MAP_WORDS: tuple[str, ...] = ("point", "cloud", "depth", "map", *SHAPES_3D)
+VOCABULARY: tuple[str, ...] = (*SCENE_VOCABULARY, *DEPTH_MAP_WORDS)
 INPUT_SIZE, PATCH_SIZE = 64, 8
 
 
@@ -66,11 +67,18 @@ class TrainConfig:
     pointcloud_loss_weight: float | None = None  # None: scenes and depth maps share one softmax (block-diagonal
                                                  # positives); w: each has its own, loss = scenes + w * depth maps
     pointcloud_points: int = 1024
+    depth_words_steps: int = 0  # > 0: the two-stage recipe (scenes alone with the scene vocabulary, then
+                                # this many steps teaching only the depth-map words' embeddings)
+    depth_words_batch: int = 16  # shapes per stage-2 step (all 6 views of each)
+    depth_words_lr: float = 1e-2  # stage 2: the depth-map words' embeddings
+    depth_vision_lr: float = 1e-3  # stage 2: the vision tower
+    depth_distill_scenes: int = 32  # stage 2: scenes per step whose vision hidden states are held to stage 1's
+    depth_distill_weight: float = 1.0
     pointcloud_max_clutter: float = 0.2
 
 
-def sandbox_clip_config(train: TrainConfig) -> CLIPConfig:
-    text = dict(vocab_size=len(VOCABULARY) + 4, hidden_size=train.text_width, intermediate_size=4 * train.text_width,
+def sandbox_clip_config(train: TrainConfig, vocabulary: tuple[str, ...] = VOCABULARY) -> CLIPConfig:
+    text = dict(vocab_size=len(vocabulary) + len(SPECIAL_TOKENS), hidden_size=train.text_width, intermediate_size=4 * train.text_width,
                 num_hidden_layers=train.text_layers, num_attention_heads=4, max_position_embeddings=16,
                 bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     vision = dict(image_size=INPUT_SIZE, patch_size=PATCH_SIZE, hidden_size=train.vision_width,
@@ -147,15 +155,136 @@ def batch_loss(logits: torch.Tensor, positives: torch.Tensor, scenes: int, train
     return scene_loss + train.pointcloud_loss_weight * depth_loss
 
 
+# Stage 2 starts each 3D shape word as a copy of a scene word's embedding: the frozen text tower has
+# learned to read those positions, while a freshly drawn row is ignored by it (every "point cloud
+# depth map of a {shape}." then embeds alike). Four look alike in 2D; torus and cylinder take colours.
+DEPTH_WORD_STARTS = {"cube": "square", "sphere": "circle", "cone": "triangle", "pyramid": "cross",
+                     "torus": "red", "cylinder": "blue"}
+
+
+def extend_vocabulary(model: CLIPModel, vocabulary: tuple[str, ...], seed: int,
+                      starts: dict[str, str] | None = None) -> None:
+    """Grow the text tower's token embedding to ``vocabulary`` (which must start with the model's own):
+    existing rows are kept bit for bit; a new word in ``starts`` begins as a copy of the named existing
+    word's row, any other is drawn like the model's init (seeded)."""
+    old = model.text_model.embeddings.token_embedding
+    size = len(vocabulary) + len(SPECIAL_TOKENS)
+    if size < old.num_embeddings:
+        raise ValueError(f"the vocabulary has {size} tokens, the model already {old.num_embeddings}")
+    generator = torch.Generator().manual_seed(seed)
+    weight = torch.empty(size, old.embedding_dim).normal_(0, model.config.text_config.initializer_range, generator=generator)
+    weight[:old.num_embeddings] = old.weight.detach()
+    ids = {word: index + len(SPECIAL_TOKENS) for index, word in enumerate(vocabulary)}
+    for word, start in (starts or {}).items():
+        if ids[word] >= old.num_embeddings:
+            weight[ids[word]] = old.weight.detach()[ids[start]]
+    new = torch.nn.Embedding(size, old.embedding_dim)
+    new.weight.data.copy_(weight)
+    model.text_model.embeddings.token_embedding = new
+    model.config.text_config.vocab_size = size
+
+
+def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_id: int,
+                     log: Callable[[str], None] = print) -> list[dict]:
+    """Stage 2 of the two-stage recipe: teach a scene-trained model PointCLIP depth maps without
+    moving its 2D behaviour. Trainable: the vision tower and the embeddings of the tokens from
+    ``first_new_id`` on (the depth-map words; scene captions contain none, so every scene caption's
+    embedding is unchanged exactly). Loss: each view of a random posed shape classified among the 6
+    captions "point cloud depth map of a {shape}." (cross-entropy, the model's logit scale), plus
+    ``depth_distill_weight`` x the mean squared difference of every vision layer's hidden states on
+    fresh scenes against the stage-1 model's (so attention, hence FALIP, behaves as before on scenes)."""
+    import copy
+
+    rng, rng_3d = np.random.default_rng([train.seed, 2]), np.random.default_rng([train.seed, 3])
+    teacher = copy.deepcopy(model).eval()
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    vision = [*model.vision_model.parameters(), *model.visual_projection.parameters()]
+    for parameter in vision:
+        parameter.requires_grad_(True)
+    embedding = model.text_model.embeddings.token_embedding.weight
+    embedding.requires_grad_(True)
+    keep = torch.zeros_like(embedding)
+    keep[first_new_id:] = 1.0
+    embedding.register_hook(lambda grad: grad * keep)
+    optimizer = torch.optim.Adam([{"params": vision, "lr": train.depth_vision_lr},
+                                  {"params": [embedding], "lr": train.depth_words_lr}])
+    captions = [POINTCLOUD_TEMPLATE.format(shape) for shape in SHAPES_3D]
+    tokens = tokenizer(captions, padding=True, return_tensors="pt")
+    scale = model.logit_scale.exp().clamp(max=100).detach()
+    prep, history, started = preprocessor(), [], time.perf_counter()
+    model.eval()  # no dropout in this model; eval keeps it that way
+    scene_train = TrainConfig(**{**asdict(train), "batch_size": train.depth_distill_scenes})
+    for step in range(train.depth_words_steps):
+        clouds, labels = sample_shapes(rng_3d, train.depth_words_batch, train.pointcloud_points, train.pointcloud_max_clutter)
+        maps = depth_maps(torch.from_numpy(clouds))
+        depth = model_inputs(maps.flatten(0, 1)[:, None], INPUT_SIZE)  # every view of every shape
+        targets = torch.from_numpy(labels).repeat_interleave(maps.shape[1])
+        scenes, _, _ = make_batch(rng, scene_train, prep)
+        with torch.no_grad():
+            reference = teacher.vision_model(pixel_values=scenes, output_hidden_states=True).hidden_states
+        out = model.vision_model(pixel_values=torch.cat([scenes, depth]), output_hidden_states=True)
+        distill = sum(F.mse_loss(h[:len(scenes)], r) for h, r in zip(out.hidden_states, reference)) / len(reference)
+        image = F.normalize(model.visual_projection(out.pooler_output[len(scenes):]), dim=-1)
+        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        logits = scale * image @ F.normalize(text, dim=-1).T
+        depth_loss = F.cross_entropy(logits, targets)
+        loss = depth_loss + train.depth_distill_weight * distill
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % train.log_every == 0 or step == train.depth_words_steps - 1:
+            entry = {"stage": "depth maps", "step": step, "loss": round(loss.item(), 5),
+                     "depth_loss": round(depth_loss.item(), 5), "distill": round(distill.item(), 6),
+                     "depth_accuracy": round((logits.argmax(1) == targets).float().mean().item(), 4),
+                     "elapsed_s": round(time.perf_counter() - started, 1)}
+            history.append(entry)
+            log(json.dumps(entry))
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    return history
+
+
 def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
-                       log: Callable[[str], None] = print) -> tuple[CLIPModel, object, list[dict]]:
-    """Train from ``train`` (seeded) and, if ``out_dir`` is given, save the HF model directory there."""
+                       log: Callable[[str], None] = print, stage1_from: str | Path | None = None,
+                       stage1_out: str | Path | None = None) -> tuple[CLIPModel, object, list[dict]]:
+    """Train from ``train`` (seeded) and, if ``out_dir`` is given, save the HF model directory there.
+
+    One stage (``depth_words_steps`` = 0): scenes and ``pointcloud_batch`` depth maps per batch,
+    jointly. Two stages (``depth_words_steps`` > 0): the scenes alone with the scene vocabulary (saved
+    to ``stage1_out`` if given, or loaded from ``stage1_from`` instead of trained), then
+    :func:`learn_depth_maps`."""
+    torch.set_num_threads(train.threads)
+    two_stage = train.depth_words_steps > 0
+    if two_stage and train.pointcloud_batch:
+        raise ValueError("the two-stage recipe (depth_words_steps > 0) learns depth maps in stage 2 only: "
+                         "set pointcloud_batch=0")
+    vocabulary = SCENE_VOCABULARY if two_stage else VOCABULARY
+    if stage1_from is not None:
+        model = CLIPModel.from_pretrained(stage1_from, attn_implementation="sdpa").eval()
+        history = json.loads((Path(stage1_from) / "training_log.json").read_text())["history"]
+    else:
+        model, history = _train_on_scenes(train, vocabulary, log)
+        if stage1_out is not None:
+            save_sandbox_model(model, build_word_tokenizer(vocabulary), stage1_out, train, history)
+    if two_stage:
+        first_new_id = model.text_model.embeddings.token_embedding.num_embeddings
+        extend_vocabulary(model, VOCABULARY, train.seed, DEPTH_WORD_STARTS)
+        history = history + learn_depth_maps(model, build_word_tokenizer(VOCABULARY), train, first_new_id, log)
+    tokenizer = build_word_tokenizer(VOCABULARY)
+    if out_dir is not None:
+        save_sandbox_model(model, tokenizer, out_dir, train, history)
+    return model, tokenizer, history
+
+
+def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Callable[[str], None]):
+    """Stage 1 (or the whole one-stage recipe): contrastive training from scratch, seeded."""
     torch.manual_seed(train.seed)
     torch.set_num_threads(train.threads)
     rng = np.random.default_rng(train.seed)
     rng_3d = np.random.default_rng([train.seed, 3])  # its own stream: the scene batches do not depend on it
-    tokenizer = build_word_tokenizer(VOCABULARY)
-    model = CLIPModel._from_config(sandbox_clip_config(train), attn_implementation="sdpa")
+    tokenizer = build_word_tokenizer(vocabulary)
+    model = CLIPModel._from_config(sandbox_clip_config(train, vocabulary), attn_implementation="sdpa")
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -195,9 +324,7 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
             history.append(entry)
             log(json.dumps(entry))
     model.eval()
-    if out_dir is not None:
-        save_sandbox_model(model, tokenizer, out_dir, train, history)
-    return model, tokenizer, history
+    return model, history
 
 
 # The shipped model's foveal alpha, chosen on held-out scenes (MODEL_CARD.md's sweep), saved in its

@@ -92,6 +92,28 @@ def test_depth_maps_get_their_own_weighted_softmax_when_asked():
                           contrastive_loss(logits[:4, :4], positives[:4, :4]))
 
 
+def test_two_stage_recipe_teaches_depth_maps_and_leaves_scene_captions_exact(tmp_path):
+    tiny = dict(steps=2, batch_size=8, vision_layers=1, vision_width=32, text_layers=1, text_width=32, projection_dim=16,
+                warmup_steps=1, log_every=1, depth_words_batch=2, depth_distill_scenes=4)
+    with pytest.raises(ValueError, match="pointcloud_batch=0"):
+        train_sandbox_clip(TrainConfig(**tiny, depth_words_steps=2), tmp_path / "x", log=lambda _: None)
+    config = TrainConfig(**tiny, pointcloud_batch=0, depth_words_steps=2)
+    _, _, history = train_sandbox_clip(config, tmp_path / "final", log=lambda _: None, stage1_out=tmp_path / "stage1")
+    assert [h.get("stage") for h in history] == [None, None, "depth maps", "depth maps"]
+    stage1, final = (FoveatedCLIP.from_pretrained(tmp_path / name) for name in ("stage1", "final"))
+    scene_captions = ["a photo of red circle", "a blue cross.", "this is a green square."]
+    with torch.no_grad():
+        assert torch.equal(stage1.encode_text(scene_captions), final.encode_text(scene_captions))
+        depth_captions = [f"{POINTCLOUD_TEMPLATE.format(shape)}" for shape in SHAPES_3D]
+        assert final.encode_text(depth_captions).unique(dim=0).shape[0] == len(SHAPES_3D)
+    assert stage1.tokenizer("a cube")["input_ids"][2] == stage1.tokenizer.unk_token_id  # stage 1: scene words only
+    assert final.tokenizer("a cube")["input_ids"][2] != final.tokenizer.unk_token_id
+    moved = [not torch.equal(a, b) for a, b in zip(stage1.clip.vision_model.parameters(), final.clip.vision_model.parameters())]
+    assert any(moved)
+    again = train_sandbox_clip(config, tmp_path / "again", log=lambda _: None, stage1_from=tmp_path / "stage1")[0]
+    assert all(torch.equal(a, b) for a, b in zip(again.parameters(), FoveatedCLIP.from_pretrained(tmp_path / "final").clip.parameters()))
+
+
 def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):
     config = TrainConfig(steps=3, batch_size=8, vision_layers=1, vision_width=32, text_layers=1, text_width=32,
                          projection_dim=16, warmup_steps=1, log_every=1)
