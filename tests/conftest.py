@@ -5,6 +5,9 @@ checked on the same one everywhere.
 """
 from __future__ import annotations
 
+import importlib.util
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -56,3 +59,12 @@ def box_jsonl_root(tmp_path):
     samples = [(f"s{i}", Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)),
                 (2.0 + i, 3.0, 30.0, 33.0), i % 3) for i in range(6)]
     return write_box_classification(tmp_path / "boxes", BOX_CLASSES, {"test": samples})
+
+
+def load_script(name: str):
+    """Import ``scripts/<name>.py`` as a module (the scripts are not a package)."""
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -12,6 +12,7 @@ model directory that ``FoveatedCLIP.from_pretrained`` loads like any checkpoint.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -67,8 +68,8 @@ class TrainConfig:
     pointcloud_loss_weight: float | None = None  # None: scenes and depth maps share one softmax (block-diagonal
                                                  # positives); w: each has its own, loss = scenes + w * depth maps
     pointcloud_points: int = 1024
-    depth_words_steps: int = 0  # > 0: the two-stage recipe (scenes alone with the scene vocabulary, then
-                                # this many steps teaching only the depth-map words' embeddings)
+    depth_words_steps: int = 0  # > 0: the two-stage recipe (scenes alone with the scene vocabulary, then this
+                                # many steps teaching depth maps to the vision tower and the new words' embeddings)
     depth_words_batch: int = 16  # shapes per stage-2 step (all 6 views of each)
     depth_words_lr: float = 1e-2  # stage 2: the depth-map words' embeddings
     depth_vision_lr: float = 1e-3  # stage 2: the vision tower
@@ -193,8 +194,6 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     captions "point cloud depth map of a {shape}." (cross-entropy, the model's logit scale), plus
     ``depth_distill_weight`` x the mean squared difference of every vision layer's hidden states on
     fresh scenes against the stage-1 model's (so attention, hence FALIP, behaves as before on scenes)."""
-    import copy
-
     rng, rng_3d = np.random.default_rng([train.seed, 2]), np.random.default_rng([train.seed, 3])
     teacher = copy.deepcopy(model).eval()
     for parameter in model.parameters():
@@ -267,11 +266,11 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
         model, history = _train_on_scenes(train, vocabulary, log)
         if stage1_out is not None:
             save_sandbox_model(model, build_word_tokenizer(vocabulary), stage1_out, train, history)
+    tokenizer = build_word_tokenizer(VOCABULARY)
     if two_stage:
         first_new_id = model.text_model.embeddings.token_embedding.num_embeddings
         extend_vocabulary(model, VOCABULARY, train.seed, DEPTH_WORD_STARTS)
-        history = history + learn_depth_maps(model, build_word_tokenizer(VOCABULARY), train, first_new_id, log)
-    tokenizer = build_word_tokenizer(VOCABULARY)
+        history = history + learn_depth_maps(model, tokenizer, train, first_new_id, log)
     if out_dir is not None:
         save_sandbox_model(model, tokenizer, out_dir, train, history)
     return model, tokenizer, history
@@ -280,7 +279,6 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
 def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Callable[[str], None]):
     """Stage 1 (or the whole one-stage recipe): contrastive training from scratch, seeded."""
     torch.manual_seed(train.seed)
-    torch.set_num_threads(train.threads)
     rng = np.random.default_rng(train.seed)
     rng_3d = np.random.default_rng([train.seed, 3])  # its own stream: the scene batches do not depend on it
     tokenizer = build_word_tokenizer(vocabulary)

@@ -2,24 +2,16 @@
 RefCOCO-like workload has the stated shape."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_script
 
 from falip.data.rec.loading import load_rec_split
 from falip.prompts import FovealBias, VisualPrompt
 from falip.sandbox.datasets import write_shapes_rec
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_rec.py"
-
-
 @pytest.fixture(scope="module")
 def bench():
-    spec = importlib.util.spec_from_file_location("bench_rec", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench_rec")
 
 
 def test_coco_like_workload_has_refcoco_testa_shape(bench, tmp_path):

@@ -2,24 +2,17 @@
 shipped sandbox CLIP's features tell the 3D shapes apart."""
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
+from conftest import load_script
 import torch
 
 from falip import FoveatedCLIP
 from falip.sandbox import MODEL_DIR
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "probe_depth_features.py"
-
 
 @pytest.fixture(scope="module")
 def probe():
-    spec = importlib.util.spec_from_file_location("probe_depth_features", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("probe_depth_features")
 
 
 def test_linear_probe_tells_separable_from_random(probe):
