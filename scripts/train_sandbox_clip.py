@@ -110,7 +110,10 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
            f"{train.depth_words_batch} posed shapes x 6 PointCLIP views classified among the 6 captions 'point cloud "
            f"depth map of a {{shape}}.' (vision tower lr {train.depth_vision_lr}, the new words' embeddings lr "
            f"{train.depth_words_lr}, everything else frozen), {train.depth_distill_scenes} scenes per step held to the "
-           f"stage-1 vision hidden states (weight {train.depth_distill_weight})"),
+           f"stage-1 vision hidden states (weight {train.depth_distill_weight})"
+           + ("" if not train.depth_distill_embedding_weight else
+              f" and their image embeddings, plain and under FALIP on one object, to stage 1's (weight "
+              f"{train.depth_distill_embedding_weight} on mean(1 - cos))")),
         f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
         f"text {train.text_layers} layers x {train.text_width}; projection {train.projection_dim}",
         f"- wall time {wall_s / 60:.1f} min on {platform.machine()} with {train.threads} torch threads "
@@ -163,6 +166,13 @@ def main() -> None:
     parser.add_argument("--depth-words-steps", type=int, default=TrainConfig.depth_words_steps,
                         help="> 0: the two-stage recipe (scenes alone, then this many steps teaching depth maps "
                              "with the scene behaviour held; needs --pointcloud-batch 0)")
+    parser.add_argument("--depth-distill-embedding-weight", type=float, default=TrainConfig.depth_distill_embedding_weight,
+                        help="two-stage recipe: also hold the scenes' image embeddings, plain and under FALIP, "
+                             "to stage 1's with this weight on mean(1 - cos)")
+    parser.add_argument("--depth-vision-lr", type=float, default=TrainConfig.depth_vision_lr,
+                        help="two-stage recipe: the vision tower's learning rate in stage 2")
+    parser.add_argument("--depth-warmup-steps", type=int, default=TrainConfig.depth_warmup_steps,
+                        help="two-stage recipe: linear learning-rate warmup of stage 2")
     parser.add_argument("--stage1-out", type=Path, help="two-stage recipe: also save the stage-1 (scenes-only) model here")
     parser.add_argument("--stage1-from", type=Path,
                         help="two-stage recipe: load the stage-1 model from here instead of training it")
@@ -183,7 +193,9 @@ def main() -> None:
     else:
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step,
                             pointcloud_loss_weight=args.pointcloud_loss_weight,
-                            depth_words_steps=args.depth_words_steps, seed=args.seed, threads=args.threads)
+                            depth_words_steps=args.depth_words_steps,
+                            depth_distill_embedding_weight=args.depth_distill_embedding_weight,
+                            depth_vision_lr=args.depth_vision_lr, depth_warmup_steps=args.depth_warmup_steps, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out, stage1_from=args.stage1_from, stage1_out=args.stage1_out)
         wall = time.perf_counter() - started

@@ -25,6 +25,9 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
+from ..geometry import Region, resize_geometry
+from ..model.clip import FoveatedCLIP
+from ..prompts.prompt import FovealBias
 from ..model.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from ..data.pointcloud.projection import depth_maps, model_inputs
 from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
@@ -75,6 +78,9 @@ class TrainConfig:
     depth_vision_lr: float = 1e-3  # stage 2: the vision tower
     depth_distill_scenes: int = 32  # stage 2: scenes per step whose vision hidden states are held to stage 1's
     depth_distill_weight: float = 1.0
+    depth_warmup_steps: int = 0  # stage 2: linear learning-rate warmup
+    depth_distill_embedding_weight: float = 0.0  # stage 2: x mean(1 - cos) of the scenes' image embeddings (plain
+                                                 # and under FALIP's bias on one object) against stage 1's
     pointcloud_max_clutter: float = 0.2
 
 
@@ -111,6 +117,20 @@ def make_batch(rng: np.random.Generator, train: TrainConfig, prep: ImagePreproce
         raise ValueError(f"targets must be 'contains' or 'same_object', got {train.targets!r}")
     positives = torch.tensor(positives, dtype=torch.float32)
     return prep(images, "squash"), captions, positives
+
+
+def make_region_batch(rng: np.random.Generator, train: TrainConfig, prep: ImagePreprocessor):
+    """Pixels (B,3,64,64) of fresh scenes and, per scene, one random object's region (box and mask) in
+    model-input pixels."""
+    images, regions = [], []
+    for _ in range(train.batch_size):
+        width, height = (int(v) for v in rng.integers(train.canvas_min, train.canvas_max + 1, size=2))
+        scene = generate_scene(rng, int(rng.integers(1, train.max_objects + 1)), width, height)
+        target = scene.objects[int(rng.integers(len(scene.objects)))]
+        images.append(scene.image)
+        geometry = resize_geometry(width, height, INPUT_SIZE, "squash")
+        regions.append(geometry.region_to_input(Region((target.box,), target.mask)))
+    return prep(images, "squash"), regions
 
 
 def make_pointcloud_batch(rng: np.random.Generator, train: TrainConfig):
@@ -185,6 +205,20 @@ def extend_vocabulary(model: CLIPModel, vocabulary: tuple[str, ...], seed: int,
     model.config.text_config.vocab_size = size
 
 
+def scene_embedding_gap(student: FoveatedCLIP, teacher: FoveatedCLIP, pixels: torch.Tensor, regions: list[Region],
+                        falip_bias: FovealBias) -> torch.Tensor:
+    """mean(1 - cos) between the student's and the teacher's image embeddings of ``pixels``, averaged over
+    two views: plain, and under ``falip_bias`` on each row's region (differentiable in the student)."""
+    bias = falip_bias.build(regions, INPUT_SIZE, PATCH_SIZE)
+    gaps = []
+    for attention_bias in (None, bias):
+        with torch.no_grad():
+            target = teacher.encode_image(pixels, attention_bias=attention_bias, requires_grad=True)
+        ours = student.encode_image(pixels, attention_bias=attention_bias, requires_grad=True)
+        gaps.append(1 - (ours * target).sum(-1).mean())
+    return sum(gaps) / len(gaps)
+
+
 def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_id: int,
                      log: Callable[[str], None] = print) -> list[dict]:
     """Stage 2 of the two-stage recipe: teach a scene-trained model PointCLIP depth maps without
@@ -193,7 +227,9 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     embedding is unchanged exactly). Loss: each view of a random posed shape classified among the 6
     captions "point cloud depth map of a {shape}." (cross-entropy, the model's logit scale), plus
     ``depth_distill_weight`` x the mean squared difference of every vision layer's hidden states on
-    fresh scenes against the stage-1 model's (so attention, hence FALIP, behaves as before on scenes)."""
+    fresh scenes against the stage-1 model's, plus ``depth_distill_embedding_weight`` x mean(1 - cos)
+    of those scenes' projected image embeddings, plain and under FALIP's bias on one object (the
+    sandbox alpha, every layer), against stage 1's: what the 2D tables read stays where it was."""
     rng, rng_3d = np.random.default_rng([train.seed, 2]), np.random.default_rng([train.seed, 3])
     teacher = copy.deepcopy(model).eval()
     for parameter in model.parameters():
@@ -208,33 +244,41 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     embedding.register_hook(lambda grad: grad * keep)
     optimizer = torch.optim.Adam([{"params": vision, "lr": train.depth_vision_lr},
                                   {"params": [embedding], "lr": train.depth_words_lr}])
+    warmup = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: min(1.0, (step + 1) / max(1, train.depth_warmup_steps)))
     captions = [POINTCLOUD_TEMPLATE.format(shape) for shape in SHAPES_3D]
     tokens = tokenizer(captions, padding=True, return_tensors="pt")
     scale = model.logit_scale.exp().clamp(max=100).detach()
     prep, history, started = preprocessor(), [], time.perf_counter()
     model.eval()  # no dropout in this model; eval keeps it that way
     scene_train = TrainConfig(**{**asdict(train), "batch_size": train.depth_distill_scenes})
+    student_view, teacher_view = FoveatedCLIP(model), FoveatedCLIP(teacher)
+    falip_bias = FovealBias(alpha=SANDBOX_FOVEAL_ALPHA, layers=None)
     for step in range(train.depth_words_steps):
         clouds, labels = sample_shapes(rng_3d, train.depth_words_batch, train.pointcloud_points, train.pointcloud_max_clutter)
         maps = depth_maps(torch.from_numpy(clouds))
         depth = model_inputs(maps.flatten(0, 1)[:, None], INPUT_SIZE)  # every view of every shape
         targets = torch.from_numpy(labels).repeat_interleave(maps.shape[1])
-        scenes, _, _ = make_batch(rng, scene_train, prep)
+        scenes, regions = make_region_batch(rng, scene_train, prep)
         with torch.no_grad():
             reference = teacher.vision_model(pixel_values=scenes, output_hidden_states=True).hidden_states
         out = model.vision_model(pixel_values=torch.cat([scenes, depth]), output_hidden_states=True)
         distill = sum(F.mse_loss(h[:len(scenes)], r) for h, r in zip(out.hidden_states, reference)) / len(reference)
+        embedding_distill = torch.zeros(())
+        if train.depth_distill_embedding_weight:
+            embedding_distill = scene_embedding_gap(student_view, teacher_view, scenes, regions, falip_bias)
         image = F.normalize(model.visual_projection(out.pooler_output[len(scenes):]), dim=-1)
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
         logits = scale * image @ F.normalize(text, dim=-1).T
         depth_loss = F.cross_entropy(logits, targets)
-        loss = depth_loss + train.depth_distill_weight * distill
+        loss = depth_loss + train.depth_distill_weight * distill + train.depth_distill_embedding_weight * embedding_distill
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        warmup.step()
         if step % train.log_every == 0 or step == train.depth_words_steps - 1:
             entry = {"stage": "depth maps", "step": step, "loss": round(loss.item(), 5),
                      "depth_loss": round(depth_loss.item(), 5), "distill": round(distill.item(), 6),
+                     "embedding_distill": round(embedding_distill.item(), 7),
                      "depth_accuracy": round((logits.argmax(1) == targets).float().mean().item(), 4),
                      "elapsed_s": round(time.perf_counter() - started, 1)}
             history.append(entry)

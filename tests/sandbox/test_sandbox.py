@@ -16,7 +16,9 @@ from falip.sandbox.evaluation import classification_accuracy, scene_classificati
 from falip.sandbox.scenes import CLASS_NAMES, CLASSES, generate_scene
 from falip.sandbox.shapes3d import SHAPES_3D, normalize_to_unit_sphere, sample_shape
 from falip.sandbox.training import (POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, batch_loss, contrastive_loss,
-                                    mixed_batch, preprocessor, train_sandbox_clip, vocabulary_covers)
+                                    make_region_batch, mixed_batch, preprocessor, scene_embedding_gap,
+                                    train_sandbox_clip, vocabulary_covers)
+from falip.prompts import FovealBias
 
 
 def test_scenes_are_seeded_disjoint_tight_and_unique():
@@ -112,6 +114,27 @@ def test_two_stage_recipe_teaches_depth_maps_and_leaves_scene_captions_exact(tmp
     assert any(moved)
     again = train_sandbox_clip(config, tmp_path / "again", log=lambda _: None, stage1_from=tmp_path / "stage1")[0]
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), FoveatedCLIP.from_pretrained(tmp_path / "final").clip.parameters()))
+
+
+def test_stage_two_embedding_distillation_holds_plain_and_falip_scene_embeddings(tmp_path):
+    tiny = dict(steps=2, batch_size=8, vision_layers=1, vision_width=32, text_layers=1, text_width=32, projection_dim=16,
+                warmup_steps=1, log_every=1, depth_words_batch=2, depth_distill_scenes=4, pointcloud_batch=0,
+                depth_distill_weight=0.0, depth_vision_lr=1e-2)
+    train_sandbox_clip(TrainConfig(**tiny), tmp_path / "stage1", log=lambda _: None)
+    stage1 = FoveatedCLIP.from_pretrained(tmp_path / "stage1")
+    bias = FovealBias(alpha=16.0, layers=None)
+    pixels, regions = make_region_batch(np.random.default_rng(7), TrainConfig(**{**tiny, "batch_size": 6}), preprocessor())
+    # the regions are the objects' masks in model-input pixels: the bias covers some tokens, not all
+    covered = (bias.build(regions, 64, 8)[:, 0, 1:] > 0).sum(1)
+    assert ((covered > 0) & (covered < 64)).all()
+    assert scene_embedding_gap(stage1, stage1, pixels, regions, bias).item() == pytest.approx(0, abs=1e-6)
+    gaps = {}
+    for weight in (0.0, 1000.0):
+        config = TrainConfig(**tiny, depth_words_steps=4, depth_distill_embedding_weight=weight)
+        model = train_sandbox_clip(config, None, log=lambda _: None, stage1_from=tmp_path / "stage1")[0]
+        with torch.no_grad():
+            gaps[weight] = scene_embedding_gap(FoveatedCLIP(model), stage1, pixels, regions, bias).item()
+    assert gaps[0.0] > 0 and gaps[1000.0] < gaps[0.0] / 2
 
 
 def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):
