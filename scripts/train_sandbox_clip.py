@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--depth-distill-embedding-weight", type=float, default=TrainConfig.depth_distill_embedding_weight,
                         help="two-stage recipe: also hold the scenes' image embeddings, plain and under FALIP, "
                              "to stage 1's with this weight on mean(1 - cos)")
+    parser.add_argument("--depth-distill-class-weight", type=float, default=TrainConfig.depth_distill_class_weight,
+                        help="two-stage recipe: also hold those embeddings' softmax over the 20 scene classes "
+                             "to stage 1's with this weight on the KL divergence")
     parser.add_argument("--depth-distill-scenes", type=int, default=TrainConfig.depth_distill_scenes,
                         help="two-stage recipe: fresh scenes per stage-2 step held to stage 1's")
     parser.add_argument("--depth-vision-lr", type=float, default=TrainConfig.depth_vision_lr,
@@ -197,6 +200,7 @@ def main() -> None:
                             pointcloud_loss_weight=args.pointcloud_loss_weight,
                             depth_words_steps=args.depth_words_steps,
                             depth_distill_embedding_weight=args.depth_distill_embedding_weight,
+                            depth_distill_class_weight=args.depth_distill_class_weight,
                             depth_vision_lr=args.depth_vision_lr, depth_distill_scenes=args.depth_distill_scenes, depth_warmup_steps=args.depth_warmup_steps, seed=args.seed, threads=args.threads)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out, stage1_from=args.stage1_from, stage1_out=args.stage1_out)

@@ -40,6 +40,7 @@ TRAIN_TEMPLATES: tuple[str, ...] = (
 )
 # PointCLIP's text template (falip/tasks/pointcloud.py uses the same by default).
 POINTCLOUD_TEMPLATE = "point cloud depth map of a {}."
+CLASSIFICATION_TEMPLATE = "a photo of a {}."  # the classification experiments' template
 SCENE_VOCABULARY: tuple[str, ...] = ("a", "photo", "of", "the", "this", "is", ".", *COLOURS, *SHAPES)
 DEPTH_MAP_WORDS: tuple[str, ...] = ("point", "cloud", "depth", "map", *SHAPES_3D)
 VOCABULARY: tuple[str, ...] = (*SCENE_VOCABULARY, *DEPTH_MAP_WORDS)
@@ -81,6 +82,8 @@ class TrainConfig:
     depth_warmup_steps: int = 0  # stage 2: linear learning-rate warmup
     depth_distill_embedding_weight: float = 0.0  # stage 2: x mean(1 - cos) of the scenes' image embeddings (plain
                                                  # and under FALIP's bias on one object) against stage 1's
+    depth_distill_class_weight: float = 0.0  # stage 2: x KL of those embeddings' softmax over the 20 scene classes
+                                             # ("a photo of a {}.") against stage 1's
     pointcloud_max_clutter: float = 0.2
 
 
@@ -205,18 +208,28 @@ def extend_vocabulary(model: CLIPModel, vocabulary: tuple[str, ...], seed: int,
     model.config.text_config.vocab_size = size
 
 
-def scene_embedding_gap(student: FoveatedCLIP, teacher: FoveatedCLIP, pixels: torch.Tensor, regions: list[Region],
-                        falip_bias: FovealBias) -> torch.Tensor:
-    """mean(1 - cos) between the student's and the teacher's image embeddings of ``pixels``, averaged over
-    two views: plain, and under ``falip_bias`` on each row's region (differentiable in the student)."""
+def scene_distillation(student: FoveatedCLIP, teacher: FoveatedCLIP, pixels: torch.Tensor, regions: list[Region],
+                       falip_bias: FovealBias, class_text: torch.Tensor | None = None,
+                       scale: float = 100.0) -> dict[str, torch.Tensor]:
+    """How far the student's image embeddings of ``pixels`` are from the teacher's, plain and under
+    ``falip_bias`` on each row's region, averaged over the two (differentiable in the student):
+    ``"embedding"``: mean(1 - cos); ``"class"`` (with ``class_text``, L2-normalised class caption
+    embeddings (C, D)): KL(teacher || student) of the softmax over the classes at logit ``scale``."""
     bias = falip_bias.build(regions, INPUT_SIZE, PATCH_SIZE)
-    gaps = []
+    gaps, divergences = [], []
     for attention_bias in (None, bias):
         with torch.no_grad():
             target = teacher.encode_image(pixels, attention_bias=attention_bias, requires_grad=True)
         ours = student.encode_image(pixels, attention_bias=attention_bias, requires_grad=True)
         gaps.append(1 - (ours * target).sum(-1).mean())
-    return sum(gaps) / len(gaps)
+        if class_text is not None:
+            divergences.append(F.kl_div(F.log_softmax(scale * ours @ class_text.T, dim=-1),
+                                        F.log_softmax(scale * target @ class_text.T, dim=-1),
+                                        log_target=True, reduction="batchmean"))
+    terms = {"embedding": sum(gaps) / len(gaps)}
+    if divergences:
+        terms["class"] = sum(divergences) / len(divergences)
+    return terms
 
 
 def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_id: int,
@@ -229,7 +242,9 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     ``depth_distill_weight`` x the mean squared difference of every vision layer's hidden states on
     fresh scenes against the stage-1 model's, plus ``depth_distill_embedding_weight`` x mean(1 - cos)
     of those scenes' projected image embeddings, plain and under FALIP's bias on one object (the
-    sandbox alpha, every layer), against stage 1's: what the 2D tables read stays where it was."""
+    sandbox alpha, every layer), against stage 1's, plus ``depth_distill_class_weight`` x the KL of
+    their softmax over the 20 scene classes against stage 1's (:func:`scene_distillation`): what the
+    2D tables read stays where it was."""
     rng, rng_3d = np.random.default_rng([train.seed, 2]), np.random.default_rng([train.seed, 3])
     teacher = copy.deepcopy(model).eval()
     for parameter in model.parameters():
@@ -253,6 +268,13 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     scene_train = TrainConfig(**{**asdict(train), "batch_size": train.depth_distill_scenes})
     student_view, teacher_view = FoveatedCLIP(model), FoveatedCLIP(teacher)
     falip_bias = FovealBias(alpha=SANDBOX_FOVEAL_ALPHA, layers=None)
+    class_text = None
+    if train.depth_distill_class_weight:
+        with torch.no_grad():  # scene captions embed exactly as in stage 1 throughout stage 2
+            class_tokens = tokenizer([CLASSIFICATION_TEMPLATE.format(expression(c, s)) for c, s in CLASSES],
+                                     padding=True, return_tensors="pt")
+            class_text = F.normalize(teacher.get_text_features(input_ids=class_tokens["input_ids"],
+                                                                  attention_mask=class_tokens["attention_mask"]).pooler_output, dim=-1)
     for step in range(train.depth_words_steps):
         clouds, labels = sample_shapes(rng_3d, train.depth_words_batch, train.pointcloud_points, train.pointcloud_max_clutter)
         maps = depth_maps(torch.from_numpy(clouds))
@@ -263,14 +285,16 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
             reference = teacher.vision_model(pixel_values=scenes, output_hidden_states=True).hidden_states
         out = model.vision_model(pixel_values=torch.cat([scenes, depth]), output_hidden_states=True)
         distill = sum(F.mse_loss(h[:len(scenes)], r) for h, r in zip(out.hidden_states, reference)) / len(reference)
-        embedding_distill = torch.zeros(())
-        if train.depth_distill_embedding_weight:
-            embedding_distill = scene_embedding_gap(student_view, teacher_view, scenes, regions, falip_bias)
+        embedding_distill = class_distill = torch.zeros(())
+        if train.depth_distill_embedding_weight or train.depth_distill_class_weight:
+            terms = scene_distillation(student_view, teacher_view, scenes, regions, falip_bias, class_text, float(scale))
+            embedding_distill, class_distill = terms["embedding"], terms.get("class", class_distill)
         image = F.normalize(model.visual_projection(out.pooler_output[len(scenes):]), dim=-1)
         text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
         logits = scale * image @ F.normalize(text, dim=-1).T
         depth_loss = F.cross_entropy(logits, targets)
-        loss = depth_loss + train.depth_distill_weight * distill + train.depth_distill_embedding_weight * embedding_distill
+        loss = (depth_loss + train.depth_distill_weight * distill + train.depth_distill_embedding_weight * embedding_distill
+                + train.depth_distill_class_weight * class_distill)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -279,6 +303,7 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
             entry = {"stage": "depth maps", "step": step, "loss": round(loss.item(), 5),
                      "depth_loss": round(depth_loss.item(), 5), "distill": round(distill.item(), 6),
                      "embedding_distill": round(embedding_distill.item(), 7),
+                     "class_distill": round(class_distill.item(), 7),
                      "depth_accuracy": round((logits.argmax(1) == targets).float().mean().item(), 4),
                      "elapsed_s": round(time.perf_counter() - started, 1)}
             history.append(entry)
@@ -404,4 +429,4 @@ def vocabulary_covers(texts: list[str]) -> list[str]:
 
 
 __all__ = ["TrainConfig", "POINTCLOUD_TEMPLATE", "mixed_batch", "batch_loss", "train_sandbox_clip", "save_sandbox_model", "sandbox_clip_config", "VOCABULARY",
-           "TRAIN_TEMPLATES", "CLASSES", "expression"]
+           "TRAIN_TEMPLATES", "CLASSIFICATION_TEMPLATE", "CLASSES", "expression"]

@@ -13,10 +13,10 @@ from falip.errors import ConfigError
 from falip.prompts import ORIGINAL_CLIP
 from falip.experiments.generated import MARKER, build_generated_dataset
 from falip.sandbox.evaluation import classification_accuracy, scene_classification_split
-from falip.sandbox.scenes import CLASS_NAMES, CLASSES, generate_scene
+from falip.sandbox.scenes import CLASS_NAMES, CLASSES, expression, generate_scene
 from falip.sandbox.shapes3d import SHAPES_3D, normalize_to_unit_sphere, sample_shape
-from falip.sandbox.training import (POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, batch_loss, contrastive_loss,
-                                    make_region_batch, mixed_batch, preprocessor, scene_embedding_gap,
+from falip.sandbox.training import (CLASSIFICATION_TEMPLATE, POINTCLOUD_TEMPLATE, TRAIN_TEMPLATES, TrainConfig, batch_loss, contrastive_loss,
+                                    make_region_batch, mixed_batch, preprocessor, scene_distillation,
                                     train_sandbox_clip, vocabulary_covers)
 from falip.prompts import FovealBias
 
@@ -116,7 +116,7 @@ def test_two_stage_recipe_teaches_depth_maps_and_leaves_scene_captions_exact(tmp
     assert all(torch.equal(a, b) for a, b in zip(again.parameters(), FoveatedCLIP.from_pretrained(tmp_path / "final").clip.parameters()))
 
 
-def test_stage_two_embedding_distillation_holds_plain_and_falip_scene_embeddings(tmp_path):
+def test_stage_two_distillation_holds_plain_and_falip_scene_embeddings_and_class_scores(tmp_path):
     tiny = dict(steps=2, batch_size=8, vision_layers=1, vision_width=32, text_layers=1, text_width=32, projection_dim=16,
                 warmup_steps=1, log_every=1, depth_words_batch=2, depth_distill_scenes=4, pointcloud_batch=0,
                 depth_distill_weight=0.0, depth_vision_lr=1e-2)
@@ -127,14 +127,31 @@ def test_stage_two_embedding_distillation_holds_plain_and_falip_scene_embeddings
     # the regions are the objects' masks in model-input pixels: the bias covers some tokens, not all
     covered = (bias.build(regions, 64, 8)[:, 0, 1:] > 0).sum(1)
     assert ((covered > 0) & (covered < 64)).all()
-    assert scene_embedding_gap(stage1, stage1, pixels, regions, bias).item() == pytest.approx(0, abs=1e-6)
+    class_text = stage1.encode_text([CLASSIFICATION_TEMPLATE.format(expression(c, s)) for c, s in CLASSES]).clone()
+    same = scene_distillation(stage1, stage1, pixels, regions, bias, class_text)
+    assert same["embedding"].item() == pytest.approx(0, abs=1e-6) and same["class"].item() == pytest.approx(0, abs=1e-5)
+    assert "class" not in scene_distillation(stage1, stage1, pixels, regions, bias)
+    # an independent computation of the class term: KL(p_teacher || p_student), plain and FALIP, averaged
+    other = FoveatedCLIP(train_sandbox_clip(TrainConfig(**tiny, depth_words_steps=2), None, log=lambda _: None,
+                                            stage1_from=tmp_path / "stage1")[0])
+    with torch.no_grad():
+        terms = scene_distillation(other, stage1, pixels, regions, bias, class_text, scale=10.0)
+        expected = []
+        for attention_bias in (None, bias.build(regions, 64, 8)):
+            p = torch.softmax(10.0 * stage1.encode_image(pixels, attention_bias=attention_bias) @ class_text.T, -1)
+            q = torch.softmax(10.0 * other.encode_image(pixels, attention_bias=attention_bias) @ class_text.T, -1)
+            expected.append((p * (p.log() - q.log())).sum(-1).mean())
+    assert terms["class"].item() == pytest.approx(float(sum(expected) / 2), rel=1e-4) and terms["class"].item() > 0
+    scale = float(stage1.clip.logit_scale.exp())  # the scale training uses
     gaps = {}
-    for weight in (0.0, 1000.0):
-        config = TrainConfig(**tiny, depth_words_steps=4, depth_distill_embedding_weight=weight)
+    for name, weights in {"none": {}, "embedding": {"depth_distill_embedding_weight": 1000.0},
+                          "class": {"depth_distill_class_weight": 1000.0}}.items():
+        config = TrainConfig(**tiny, depth_words_steps=4, **weights)
         model = train_sandbox_clip(config, None, log=lambda _: None, stage1_from=tmp_path / "stage1")[0]
         with torch.no_grad():
-            gaps[weight] = scene_embedding_gap(FoveatedCLIP(model), stage1, pixels, regions, bias).item()
-    assert gaps[0.0] > 0 and gaps[1000.0] < gaps[0.0] / 2
+            gaps[name] = scene_distillation(FoveatedCLIP(model), stage1, pixels, regions, bias, class_text, scale)
+    assert gaps["none"]["embedding"] > 0 and gaps["embedding"]["embedding"] < gaps["none"]["embedding"] / 2
+    assert gaps["class"]["class"] < gaps["none"]["class"] / 2
 
 
 def test_training_smoke_run_saves_a_loadable_checkpoint(tmp_path):
