@@ -13,6 +13,8 @@ import argparse
 import json
 import math
 import platform
+import shlex
+import sys
 import time
 from pathlib import Path
 
@@ -80,7 +82,8 @@ def loss_curve(history: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
-def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, size_mb: float) -> str:
+def model_card(log: dict, train: TrainConfig, history, results: dict, size_mb: float) -> str:
+    wall_s = log["wall_time_s"]
     rec = results["rec_objects3"]
     best = {kind: max(((name, acc) for name, acc in rec.items() if name.startswith(f"FALIP {kind} ")), key=lambda x: x[1])
             for kind in ("cls", "all-rows")}
@@ -90,12 +93,7 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
         "depth maps of posed 3D shapes (falip/sandbox/shapes3d.py), so that FALIP can be run and checked",
         "offline. Not a general-purpose model: it knows 5 colours x 4 shapes, and 6 solids as depth maps.", "",
         "## Training", "",
-        f"- command: `python scripts/train_sandbox_clip.py --steps {train.steps} --batch-size {train.batch_size} "
-        f"--pointcloud-batch {train.pointcloud_batch} --pointcloud-from-step {train.pointcloud_from_step} "
-        + (f"--pointcloud-loss-weight {train.pointcloud_loss_weight} " if train.pointcloud_loss_weight is not None else "")
-        + (f"--depth-words-steps {train.depth_words_steps} " if train.depth_words_steps else "")
-        + (f"--stage1-from {args.stage1_from} " if getattr(args, "stage1_from", None) else "")
-        + f"--seed {train.seed} --threads {train.threads}`",
+        f"- command: `{log.get('command', 'not recorded')}`",
         f"- seed {train.seed}; {train.steps} steps x batch {train.batch_size}; AdamW lr {train.lr} "
         f"(warmup {train.warmup_steps}, cosine), weight decay {train.weight_decay}",
         f"- data: scenes of 1-{train.max_objects} objects on canvases of {train.canvas_min}-{train.canvas_max} px a side, "
@@ -113,11 +111,19 @@ def model_card(args, train: TrainConfig, history, wall_s: float, results: dict, 
            f"stage-1 vision hidden states (weight {train.depth_distill_weight})"
            + ("" if not train.depth_distill_embedding_weight else
               f" and their image embeddings, plain and under FALIP on one object, to stage 1's (weight "
-              f"{train.depth_distill_embedding_weight} on mean(1 - cos))")),
+              f"{train.depth_distill_embedding_weight} on mean(1 - cos))")
+           + ("" if not train.depth_distill_class_weight else
+              f" and those embeddings' softmax over the 20 scene classes to stage 1's (weight "
+              f"{train.depth_distill_class_weight} on the KL)")
+           + (f"; stage-2 warmup {train.depth_warmup_steps} steps" if train.depth_warmup_steps else "")),
         f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
         f"text {train.text_layers} layers x {train.text_width}; projection {train.projection_dim}",
         f"- wall time {wall_s / 60:.1f} min on {platform.machine()} with {train.threads} torch threads "
-        f"({args.machine_note}); final loss {history[-1]['loss']:.3f}; weights {size_mb:.1f} MB",
+        f"({log.get('machine_note', 'machine not recorded')})"
+        + ("" if "stage1_from" not in log else
+           f" for stage 2; stage 1 was loaded from {log['stage1_from']} (its own training: "
+           f"{log['stage1_wall_time_s'] / 60:.1f} min, {log['stage1_machine_note']})")
+        + f"; final loss {history[-1]['loss']:.3f}; weights {size_mb:.1f} MB",
         "- loss curve: `loss_curve.png`; every logged step: `training_log.json`", "",
         "## Vocabulary", "",
         f"Word-level tokenizer (`tokenizer.json`): [PAD] [UNK] [BOS] [EOS] + {' '.join(VOCABULARY)}.",
@@ -194,7 +200,7 @@ def main() -> None:
     if args.eval_only:
         log = json.loads((args.out / "training_log.json").read_text())
         train, history = TrainConfig(**log["config"]), log["history"]
-        wall, args.machine_note = log["wall_time_s"], log.get("machine_note", args.machine_note)
+        wall = log["wall_time_s"]
     else:
         train = TrainConfig(steps=args.steps, batch_size=args.batch_size, pointcloud_batch=args.pointcloud_batch, pointcloud_from_step=args.pointcloud_from_step,
                             pointcloud_loss_weight=args.pointcloud_loss_weight,
@@ -206,19 +212,26 @@ def main() -> None:
         _, _, history = train_sandbox_clip(train, args.out, stage1_from=args.stage1_from, stage1_out=args.stage1_out)
         wall = time.perf_counter() - started
         log = json.loads((args.out / "training_log.json").read_text())
-        log.update({"wall_time_s": round(wall, 1), "machine_note": args.machine_note})
+        log.update({"command": shlex.join(["python", "scripts/train_sandbox_clip.py", *sys.argv[1:]]),
+                    "wall_time_s": round(wall, 1), "machine_note": args.machine_note})
+        if args.stage1_from:
+            stage1 = json.loads((args.stage1_from / "training_log.json").read_text())
+            log.update({"stage1_from": str(args.stage1_from), "stage1_wall_time_s": stage1.get("wall_time_s"),
+                        "stage1_machine_note": stage1.get("machine_note", "machine not recorded")})
         (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     size_mb = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
-    print(f"trained {train.steps} steps in {wall / 60:.1f} min -> {args.out} ({size_mb:.1f} MB)")
+    stages = f"stage 2 ({train.depth_words_steps} steps; stage 1 loaded)" if args.stage1_from else (
+        f"{train.steps} steps" + (f" + {train.depth_words_steps} stage-2 steps" if train.depth_words_steps else ""))
+    print(f"trained {stages} in {wall / 60:.1f} min -> {args.out} ({size_mb:.1f} MB)")
     loss_curve(history, args.out / "loss_curve.png")
     if args.no_eval:
         return
     model = FoveatedCLIP.from_pretrained(args.out)
     with torch.inference_mode():
         results = evaluate(model, args.eval_scenes)
-    results.update({"train_wall_time_s": round(wall, 1), "machine_note": args.machine_note})
+    results.update({"train_wall_time_s": round(wall, 1), "machine_note": log.get("machine_note", args.machine_note)})
     (args.out / "eval_results.json").write_text(json.dumps(results, indent=1) + "\n")
-    (args.out / "MODEL_CARD.md").write_text(model_card(args, train, history, wall, results, size_mb))
+    (args.out / "MODEL_CARD.md").write_text(model_card(log, train, history, results, size_mb))
     print((args.out / "MODEL_CARD.md").read_text())
 
 
