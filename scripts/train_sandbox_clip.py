@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Train the sandbox CLIP on CPU, save it as a HF model directory, and write its model card.
 
-Default: 2,500 steps x (128 scenes + 32 depth maps of 3D shapes), about 35-40 minutes on 2 CPU
-cores, seed 0, into
+Default (RECIPE): two stages, seed 0: 2,500 steps of 128 scenes (25.7 min on 2 CPU cores), then 1,000
+steps of 16 posed 3D shapes x 6 depth maps with 32 scenes per step held to stage 1's (about 17 min),
+into
 falip/sandbox/model/ (config.json, model.safetensors, tokenizer, preprocessor_config.json,
 training_log.json, eval_results.json, loss_curve.png, MODEL_CARD.md). The evaluation uses held-out
 seeds and the project's own REC / classification / point-cloud code.
@@ -28,6 +29,10 @@ from falip.sandbox.scenes import CLASS_NAMES, COLOURS, SHAPES
 from falip.sandbox.training import TRAIN_TEMPLATES, VOCABULARY, TrainConfig, train_sandbox_clip
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "falip" / "sandbox" / "model"
+# The shipped recipe (what `make train-sandbox` runs): stage 1 = scenes only, 2,500 steps; stage 2 =
+# 1,000 steps teaching depth maps with the scenes' hidden states, image embeddings and class scores held.
+RECIPE = {"pointcloud_batch": 0, "depth_words_steps": 1000, "depth_warmup_steps": 50,
+          "depth_distill_embedding_weight": 100.0, "depth_distill_class_weight": 10.0}
 EVAL_SEED = 777_000  # held out: training draws from seed 0's stream
 ALPHAS = (0.2, 1.0, 4.0, 8.0, 16.0, 32.0)
 ALPHAS_3D = (0.2, 0.5, 1.0, 2.0, 4.0, 16.0)
@@ -162,27 +167,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--steps", type=int, default=TrainConfig.steps)
     parser.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    parser.add_argument("--pointcloud-batch", type=int, default=TrainConfig.pointcloud_batch,
+    parser.add_argument("--pointcloud-batch", type=int, default=RECIPE['pointcloud_batch'],
                         help="depth maps of 3D shapes added to each batch (0: scenes only)")
     parser.add_argument("--pointcloud-from-step", type=int, default=TrainConfig.pointcloud_from_step,
                         help="the depth maps join the batches from this step on (before it: scenes only)")
     parser.add_argument("--pointcloud-loss-weight", type=float, default=TrainConfig.pointcloud_loss_weight,
                         help="give the depth maps their own softmax, weighted by this against the scenes' "
                              "(default: one softmax over scenes and depth maps together)")
-    parser.add_argument("--depth-words-steps", type=int, default=TrainConfig.depth_words_steps,
+    parser.add_argument("--depth-words-steps", type=int, default=RECIPE['depth_words_steps'],
                         help="> 0: the two-stage recipe (scenes alone, then this many steps teaching depth maps "
                              "with the scene behaviour held; needs --pointcloud-batch 0)")
-    parser.add_argument("--depth-distill-embedding-weight", type=float, default=TrainConfig.depth_distill_embedding_weight,
+    parser.add_argument("--depth-distill-embedding-weight", type=float, default=RECIPE['depth_distill_embedding_weight'],
                         help="two-stage recipe: also hold the scenes' image embeddings, plain and under FALIP, "
                              "to stage 1's with this weight on mean(1 - cos)")
-    parser.add_argument("--depth-distill-class-weight", type=float, default=TrainConfig.depth_distill_class_weight,
+    parser.add_argument("--depth-distill-class-weight", type=float, default=RECIPE['depth_distill_class_weight'],
                         help="two-stage recipe: also hold those embeddings' softmax over the 20 scene classes "
                              "to stage 1's with this weight on the KL divergence")
     parser.add_argument("--depth-distill-scenes", type=int, default=TrainConfig.depth_distill_scenes,
                         help="two-stage recipe: fresh scenes per stage-2 step held to stage 1's")
     parser.add_argument("--depth-vision-lr", type=float, default=TrainConfig.depth_vision_lr,
                         help="two-stage recipe: the vision tower's learning rate in stage 2")
-    parser.add_argument("--depth-warmup-steps", type=int, default=TrainConfig.depth_warmup_steps,
+    parser.add_argument("--depth-warmup-steps", type=int, default=RECIPE['depth_warmup_steps'],
                         help="two-stage recipe: linear learning-rate warmup of stage 2")
     parser.add_argument("--stage1-out", type=Path, help="two-stage recipe: also save the stage-1 (scenes-only) model here")
     parser.add_argument("--stage1-from", type=Path,
@@ -220,7 +225,7 @@ def main() -> None:
                         "stage1_machine_note": stage1.get("machine_note", "machine not recorded")})
         (args.out / "training_log.json").write_text(json.dumps(log, indent=1) + "\n")
     size_mb = sum(p.stat().st_size for p in args.out.iterdir()) / 1e6
-    stages = f"stage 2 ({train.depth_words_steps} steps; stage 1 loaded)" if args.stage1_from else (
+    stages = f"stage 2 ({train.depth_words_steps} steps; stage 1 loaded)" if log.get("stage1_from") else (
         f"{train.steps} steps" + (f" + {train.depth_words_steps} stage-2 steps" if train.depth_words_steps else ""))
     print(f"trained {stages} in {wall / 60:.1f} min -> {args.out} ({size_mb:.1f} MB)")
     loss_curve(history, args.out / "loss_curve.png")

@@ -206,7 +206,7 @@ class FoveatedCLIP(nn.Module):
     @property
     def foveal_alpha(self) -> float:
         """This checkpoint's default foveal alpha: ``foveal_alpha`` in its config.json if it has one (the
-        sandbox CLIP: 16.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
+        sandbox CLIP: 8.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
         value = getattr(self.clip.config, "foveal_alpha", None)
         return float(value) if value is not None else DEFAULT_ALPHA
 

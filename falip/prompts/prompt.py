@@ -41,7 +41,7 @@ class FovealBias:
     """FALIP's foveal attention bias, as configured data. The defaults are the released code's setting.
 
     ``alpha``: the bias at the ROA centre; ``None`` = the model's own (:attr:`FoveatedCLIP.foveal_alpha`:
-    0.2, the paper's value, for OpenAI checkpoints; 16.0 for the sandbox CLIP). ``layers``: vision
+    0.2, the paper's value, for OpenAI checkpoints; 8.0 for the sandbox CLIP). ``layers``: vision
     layers that get the bias (negative = from the end; ``None`` = all). The released FALIP code
     biases the last 4 of ViT-B/16's 12 layers, the paper text says "the MSA module" (read: all
     layers) -- both are a config value. ``cell_rule``: ``released`` = the released code's token

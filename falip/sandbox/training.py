@@ -82,6 +82,7 @@ class TrainConfig:
     depth_warmup_steps: int = 0  # stage 2: linear learning-rate warmup
     depth_distill_embedding_weight: float = 0.0  # stage 2: x mean(1 - cos) of the scenes' image embeddings (plain
                                                  # and under FALIP's bias on one object) against stage 1's
+    depth_distill_alpha: float = 16.0  # stage 2: the FALIP bias (every layer) under which the scenes are held
     depth_distill_class_weight: float = 0.0  # stage 2: x KL of those embeddings' softmax over the 20 scene classes
                                              # ("a photo of a {}.") against stage 1's
     pointcloud_max_clutter: float = 0.2
@@ -241,8 +242,8 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     captions "point cloud depth map of a {shape}." (cross-entropy, the model's logit scale), plus
     ``depth_distill_weight`` x the mean squared difference of every vision layer's hidden states on
     fresh scenes against the stage-1 model's, plus ``depth_distill_embedding_weight`` x mean(1 - cos)
-    of those scenes' projected image embeddings, plain and under FALIP's bias on one object (the
-    sandbox alpha, every layer), against stage 1's, plus ``depth_distill_class_weight`` x the KL of
+    of those scenes' projected image embeddings, plain and under FALIP's bias on one object
+    (``depth_distill_alpha``, every layer), against stage 1's, plus ``depth_distill_class_weight`` x the KL of
     their softmax over the 20 scene classes against stage 1's (:func:`scene_distillation`): what the
     2D tables read stays where it was."""
     rng, rng_3d = np.random.default_rng([train.seed, 2]), np.random.default_rng([train.seed, 3])
@@ -267,7 +268,7 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     model.eval()  # no dropout in this model; eval keeps it that way
     scene_train = TrainConfig(**{**asdict(train), "batch_size": train.depth_distill_scenes})
     student_view, teacher_view = FoveatedCLIP(model), FoveatedCLIP(teacher)
-    falip_bias = FovealBias(alpha=SANDBOX_FOVEAL_ALPHA, layers=None)
+    falip_bias = FovealBias(alpha=train.depth_distill_alpha, layers=None)
     class_text = None
     if train.depth_distill_class_weight:
         with torch.no_grad():  # scene captions embed exactly as in stage 1 throughout stage 2
@@ -396,7 +397,7 @@ def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Calla
 
 # The shipped model's foveal alpha, chosen on held-out scenes (MODEL_CARD.md's sweep), saved in its
 # config.json so that the Python API uses it; configs/model/sandbox.yaml states the same value.
-SANDBOX_FOVEAL_ALPHA = 16.0
+SANDBOX_FOVEAL_ALPHA = 8.0
 
 
 def save_sandbox_model(model: CLIPModel, tokenizer, out_dir: str | Path, train: TrainConfig, history: list[dict],

@@ -50,7 +50,7 @@ def test_sweep_in_one_run_writes_every_point_and_a_plot(tmp_path, monkeypatch):
     run_experiment(compose(["experiment=shapes_sweep", "dataset.generator.scenes_per_split=6", "run.progress=false",
                             f"run.output_dir={tmp_path}"]))
     table = pd.read_csv(tmp_path / "shapes_sweep.csv", index_col=0)
-    assert len(table) == 1 + 5 * 3 and "FALIP alpha=16.0 sigma=100.0" in table.index
+    assert len(table) == 1 + 5 * 3 and "FALIP alpha=8.0 sigma=100.0" in table.index
     assert (tmp_path / "shapes_sweep.png").stat().st_size > 10_000
     assert json.loads((tmp_path / "shapes_sweep.json").read_text())["figure"].endswith("shapes_sweep.png")
 

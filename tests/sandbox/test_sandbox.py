@@ -142,7 +142,7 @@ def test_stage_two_distillation_holds_plain_and_falip_scene_embeddings_and_class
             q = torch.softmax(10.0 * other.encode_image(pixels, attention_bias=attention_bias) @ class_text.T, -1)
             expected.append((p * (p.log() - q.log())).sum(-1).mean())
     assert terms["class"].item() == pytest.approx(float(sum(expected) / 2), rel=1e-4) and terms["class"].item() > 0
-    scale = float(stage1.clip.logit_scale.exp())  # the scale training uses
+    scale = float(stage1.clip.logit_scale.exp().detach())  # the scale training uses
     gaps = {}
     for name, weights in {"none": {}, "embedding": {"depth_distill_embedding_weight": 1000.0},
                           "class": {"depth_distill_class_weight": 1000.0}}.items():
