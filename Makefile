@@ -18,7 +18,7 @@ help:
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
 	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
 	@echo "make bench           bias-overhead, REC-throughput, intervention, scaling, trims and precision benchmarks -> results/benchmarks/"
-	@echo "make train-sandbox   retrain the shipped sandbox CLIP (two stages, 40-47 min on 2 CPU cores)"
+	@echo "make train-sandbox   retrain the shipped sandbox CLIP (two stages, 40-48 min on 2 CPU cores)"
 	@echo "Pass overrides with ARGS='key=value ...' (see falip-run --help)."
 
 $(BIN)/.installed: pyproject.toml
