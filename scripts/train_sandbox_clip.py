@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """Train the sandbox CLIP on CPU, save it as a HF model directory, and write its model card.
 
-Default (RECIPE): two stages, seed 0: 2,500 steps of 128 scenes (25.7 min on 2 CPU cores), then 1,000
-steps of 16 posed 3D shapes x 6 depth maps with 32 scenes per step held to stage 1's (about 17 min),
+Default (RECIPE): two stages, seed 0: 2,500 steps of 128 scenes (26-33 min on 2 CPU cores), then 1,000
+steps of 16 posed 3D shapes x 6 depth maps with 32 scenes per step held to stage 1's (14-17 min),
 into
 falip/sandbox/model/ (config.json, model.safetensors, tokenizer, preprocessor_config.json,
 training_log.json, eval_results.json, loss_curve.png, MODEL_CARD.md). The evaluation uses held-out

@@ -30,7 +30,7 @@ from ..model.clip import FoveatedCLIP
 from ..prompts.prompt import FovealBias
 from ..model.preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
 from ..data.pointcloud.projection import depth_maps, model_inputs
-from .scenes import CLASSES, COLOURS, SHAPES, expression, generate_scene
+from .scenes import CLASS_NAMES, CLASSES, COLOURS, SHAPES, expression, generate_scene
 from .shapes3d import SHAPES_3D, sample_shapes
 from ..model.tokenizer import BOS_ID, EOS_ID, PAD_ID, SPECIAL_TOKENS, build_word_tokenizer
 
@@ -272,8 +272,8 @@ def learn_depth_maps(model: CLIPModel, tokenizer, train: TrainConfig, first_new_
     class_text = None
     if train.depth_distill_class_weight:
         with torch.no_grad():  # scene captions embed exactly as in stage 1 throughout stage 2
-            class_tokens = tokenizer([CLASSIFICATION_TEMPLATE.format(expression(c, s)) for c, s in CLASSES],
-                                     padding=True, return_tensors="pt")
+            class_tokens = tokenizer([CLASSIFICATION_TEMPLATE.format(name) for name in CLASS_NAMES], padding=True,
+                                     return_tensors="pt")
             class_text = F.normalize(teacher.get_text_features(input_ids=class_tokens["input_ids"],
                                                                   attention_mask=class_tokens["attention_mask"]).pooler_output, dim=-1)
     for step in range(train.depth_words_steps):
