@@ -12,7 +12,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import FalipError
 from .experiments.runner import run_experiment
 from .experiments.tables import paper_table
-from .io import cache_root
+from .io import NO_SPACE, cache_root, output_error
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
 
@@ -59,6 +59,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         if full_error:
             raise
         _fail(str(error), 2)
+    except OSError as error:  # a full disk or a lost folder outside the writers that name their file
+        if full_error or error.errno not in NO_SPACE:
+            raise
+        _fail(str(output_error(error.filename or "a result file", error)), 2)
     except KeyboardInterrupt as error:
         if full_error:
             raise

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 import torch
 
+from ..io import atomic_write
 from ..model.clip import FoveatedCLIP
 
 
@@ -61,8 +61,5 @@ class TextCache:
             rows.append(mean / mean.norm())
         weights = torch.stack(rows)
         if path is not None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-            torch.save(weights, tmp)
-            os.replace(tmp, path)
+            atomic_write(path, lambda tmp: torch.save(weights, tmp))
         return weights

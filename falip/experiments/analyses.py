@@ -26,7 +26,7 @@ from ..model.clip import FoveatedCLIP
 from ..model.heads import head_contributions
 from ..prompts.prompt import VisualPrompt, roa_token_mask
 from ..tasks.base import Task
-from .plots import _pyplot, heatmap
+from .plots import _pyplot, heatmap, save_figure
 from .provenance import environment, git_state, utc_now
 
 
@@ -113,7 +113,7 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
                     fontsize=10)
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     frame = pd.DataFrame(rows)
     atomic_write_text(path.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))

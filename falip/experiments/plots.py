@@ -11,6 +11,13 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from ..io import atomic_write
+
+
+
+def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
+    """Save a matplotlib figure as PNG through an exclusive temporary file (never through a planted link)."""
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
 
 def _pyplot():
     import matplotlib
@@ -59,7 +66,7 @@ def grid_plot(table: pd.DataFrame, points: Mapping[str, Mapping[str, float]], x:
     figure.suptitle(title)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
@@ -78,7 +85,7 @@ def heatmap(matrix: np.ndarray, path: str | Path, title: str, row_labels: Sequen
     figure.colorbar(image, ax=axis, label=value_label)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
@@ -100,7 +107,7 @@ def collect_plot(frame: pd.DataFrame, x: str, path: str | Path) -> Path:
     axes[0][-1].legend(fontsize=7)
     figure.tight_layout()
     path = Path(path)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path
 
@@ -140,6 +147,6 @@ def depth_views_figure(pixels, regions: Sequence, patch_size: int, path: str | P
     figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
+    save_figure(figure, path)
     plt.close(figure)
     return path

@@ -4,19 +4,27 @@
 each split contributes) and ``<output_dir>/<experiment>.json`` (resolved config, model + weights hash,
 dataset sizes and notes, forward counts, wall times, package version, git sha) after *every* finished
 split, so a crash or a bad sample in a later split never loses finished work. With
-``run.resume=true`` a split already finished under the same config is reused, not recomputed.
+``run.resume=true`` a split already finished under the same config *and the same data* (its digest,
+:mod:`falip.experiments.identity`) is reused, not recomputed.
+
+:meth:`ExperimentRecord.begin` makes a run the only one writing its experiment in its output folder
+(a lock that names its holder and that the kernel releases when the process dies) and keeps what an
+earlier run left there: a finished table of another config, or any unfinished one, is moved to
+``<output_dir>/<experiment>.replaced-<time>/`` (printed) before the new run writes anything.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..io import write_json
+from ..io import folder_lock, holder, process_alive, write_json
 from ..model.clip import FoveatedCLIP
 from .provenance import code_fingerprint, environment, git_state, utc_now, weights_fingerprint
 from .tables import accuracy_table, write_csv
@@ -47,6 +55,15 @@ def describe_model(model: FoveatedCLIP) -> dict[str, Any]:
             "vision_layers": model.num_layers, "logit_scale": round(model.logit_scale, 6)}
 
 
+def effective_status(sidecar: Mapping[str, Any]) -> str:
+    """A sidecar's status, with ``running`` read as ``interrupted`` when the process it names is gone
+    (killed: SIGKILL, out of memory, a lost node) -- a process on another host counts as still running."""
+    status = str(sidecar.get("status", "unknown"))
+    if status == "running" and process_alive(sidecar.get("process") or {}) is False:
+        return "interrupted"
+    return status
+
+
 def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name)
 
@@ -68,8 +85,50 @@ class ExperimentRecord:
         self.columns: dict[str, dict[str, float]] = {}   # table column -> prompt -> value
         self.splits: dict[str, dict] = {}                # split -> its details (sidecar "columns")
         self._started, self._clock = utc_now(), time.perf_counter()
+        self._process = holder()  # host + pid: a later run reads a "running" sidecar whose process is gone as interrupted
         self.extra: dict[str, Any] = {}
         self.writer = writer  # False on the ranks > 0 of a multi-process run: they read, rank 0 writes
+        self.lock_path = self.output_dir / f".{name}.lock"
+        self._lock = contextlib.ExitStack()
+
+    def begin(self) -> Path | None:
+        """Claim the experiment's files in the output folder for this run (writer only).
+
+        Takes the lock (:class:`~falip.io.LockHeld` if another live run has it). An earlier run's files
+        are kept in place when this run may reuse them (``resume`` with the same config hash) or when they
+        are a finished table of the same config (this run rewrites the same numbers); otherwise they are
+        moved to ``<output_dir>/<experiment>.replaced-<UTC time>/``, whose path is returned (else None)."""
+        if not self.writer:
+            return None
+        self._lock.enter_context(folder_lock(self.lock_path, f"{self.output_dir / self.name} (experiment {self.name})"))
+        try:
+            previous = json.loads(self.json_path.read_text()) if self.json_path.is_file() else None
+        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            previous = {}
+        leftovers = [p for p in (self.csv_path, self.json_path, self.work_dir) if p.exists() or p.is_symlink()]
+        kept = None if not leftovers else self._keep_previous(previous, leftovers)
+        self._save("running")  # from the start: a kill, a full disk, a lock holder's name all have a sidecar to say so
+        return kept
+
+    def _keep_previous(self, previous: Any, leftovers: list[Path]) -> Path | None:
+        same_config = isinstance(previous, dict) and previous.get("config_hash") == self.hash
+        status = previous.get("status") if isinstance(previous, dict) else None
+        if same_config and (self.resume or status == "complete"):
+            return None
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        keep = self.output_dir / f"{self.name}.replaced-{stamp}"
+        suffix = 1
+        while keep.exists():
+            suffix += 1
+            keep = self.output_dir / f"{self.name}.replaced-{stamp}-{suffix}"
+        keep.mkdir(parents=True)
+        for path in leftovers:
+            os.replace(path, keep / path.name)
+        return keep
+
+    def release(self) -> None:
+        """Give up the lock (finish and fail do)."""
+        self._lock.close()
 
     def split_path(self, split: str) -> Path:
         """The checkpoint of a finished split (its columns and details), read back by resume."""
@@ -78,44 +137,65 @@ class ExperimentRecord:
     def predictions_path(self, split: str) -> Path:
         return self.work_dir / "predictions" / f"{_safe_name(split)}.jsonl"
 
-    def cached(self, split: str) -> bool:
-        """With resume on, reuse a split this config already finished (returns True if it did)."""
+    def cached(self, split: str, split_key: str | None = None) -> bool:
+        """With resume on, reuse a split this config already finished on the same data (``split_key``, the
+        split's digest, when given); returns True if it did."""
         path = self.split_path(split)
-        if not (self.resume and path.is_file()):
+        if not (self.resume and path.is_file()) or path.is_symlink():
             return False
-        saved = json.loads(path.read_text())
-        if saved.get("config_hash") != self.hash or "columns" not in saved:
+        try:
+            saved = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return False
+        if not isinstance(saved, dict) or saved.get("config_hash") != self.hash or "columns" not in saved:
+            return False
+        if split_key is not None and saved.get("split_key") != split_key:
+            self.extra.setdefault("recomputed_changed_splits", []).append(split)
             return False
         self.columns.update(saved["columns"])
         self.splits[split] = {**saved["details"], "resumed": True}
         self._save("running")
         return True
 
-    def add_split(self, split: str, columns: Mapping[str, Mapping[str, float]], details: Mapping[str, Any]) -> None:
-        """A finished split: its table columns and its details; both are written at once."""
+    def add_split(self, split: str, columns: Mapping[str, Mapping[str, float]], details: Mapping[str, Any],
+                  split_key: str | None = None) -> None:
+        """A finished split: its table columns and its details (and the digest of its data, for resume);
+        all are written at once."""
         columns = {column: dict(values) for column, values in columns.items()}
         self.columns.update(columns)
         self.splits[split] = dict(details)
         if self.writer:
-            write_json(self.split_path(split), {"config_hash": self.hash, "columns": columns, "details": dict(details)})
+            write_json(self.split_path(split), {"config_hash": self.hash, "split_key": split_key, "columns": columns,
+                                                "details": dict(details)})
         self._save("running")
 
     def table(self):
         return accuracy_table(self.columns, self.row_order)
 
     def finish(self) -> None:
-        self._save("complete")
+        try:
+            self._save("complete")
+        finally:
+            self.release()
 
     def fail(self, error: BaseException) -> None:
         """Status ``interrupted`` for Ctrl-C / SIGTERM (finished splits and items are kept for resume),
-        ``failed`` with the error otherwise."""
+        ``failed`` with the error otherwise. On a full disk the sidecar is rewritten in place (its old
+        blocks are freed first), so that the status still says what happened."""
         self.extra["error"] = "".join(traceback.format_exception_only(type(error), error)).strip()
-        self._save("interrupted" if isinstance(error, KeyboardInterrupt) else "failed")
+        status = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        try:
+            self._save(status)
+        except OSError:
+            with contextlib.suppress(OSError):
+                self._save(status, in_place=True)
+        finally:
+            self.release()
 
-    def _save(self, status: str) -> None:
+    def _save(self, status: str, in_place: bool = False) -> None:
         if not self.writer:
             return
-        if self.columns:
+        if self.columns and not in_place:
             write_csv(self.table(), self.csv_path)
         forwards = {split: details.get("image_forwards") for split, details in self.splits.items()}
         payload = {
@@ -125,7 +205,12 @@ class ExperimentRecord:
             "model": self.model_info, "table": self.columns, "columns": self.splits,
             "counts": {"image_forwards": forwards,
                        "total_image_forwards": sum(sum(v.values()) for v in forwards.values() if v)},
-            "code": self.code, "environment": environment(),
+            "code": self.code, "environment": environment(), "process": self._process,
             **self.extra,
         }
+        if in_place:  # no room for a second copy: truncate the old sidecar, write it compact (never through a link)
+            fd = os.open(self.json_path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
+            with os.fdopen(fd, "w") as handle:
+                handle.write(json.dumps(payload, separators=(",", ":"), default=str) + "\n")
+            return
         write_json(self.json_path, payload)

@@ -28,7 +28,7 @@ from ..encoding.regions import DEFAULT_BATCH_SIZE, EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
-from ..io import atomic_write_text, cache_root
+from ..io import atomic_write_text, cache_root, drop_torn_tail, open_for_append, output_error
 from ..model.clip import FoveatedCLIP
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
@@ -37,6 +37,7 @@ from ..tasks.base import Line, Task
 from .analyses import attention_maps, head_sensitivity
 from .distributed import SINGLE, Ranks
 from .generated import materialize
+from .identity import SplitIdentity
 from .plots import depth_views_figure, grid_plot
 from .record import ExperimentRecord
 from .reports import REPORTS
@@ -76,6 +77,7 @@ class SplitResult:
     notes: list[str] = field(default_factory=list)
     clipped_boxes: int = 0
     resumed_items: int = 0
+    stale_items: int = 0  # lines of the interrupted run that no current item matches (recomputed)
     ranks: list[dict] | None = None  # per-rank items, forwards and wall times of a multi-process run
     empty_regions: dict[str, int] = field(default_factory=dict)  # per prompt: rows with no region (no bias)
 
@@ -93,7 +95,8 @@ class SplitResult:
                 "correct": self.correct, "image_forwards": self.image_forwards,
                 "unbiased_layer_rows": self.unbiased_layer_rows, "skipped": self.skipped,
                 "num_skipped_lines": sum(s["lines"] for s in self.skipped), "clipped_boxes": self.clipped_boxes,
-                "resumed_items": self.resumed_items, "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes,
+                "resumed_items": self.resumed_items,
+                "stale_items": self.stale_items, "wall_time_s": round(self.wall_time_s, 3), "notes": self.notes,
                 **({"ranks": self.ranks} if self.ranks else {}),
                 **({"empty_regions": self.empty_regions} if any(self.empty_regions.values()) else {})}
 
@@ -107,6 +110,9 @@ class SplitResult:
             parts.append(f"{self.clipped_boxes} box(es) partly outside their image clipped to it")
         if self.resumed_items:
             parts.append(f"{self.resumed_items} item(s) reused from the interrupted run")
+        if self.stale_items:
+            parts.append(f"{self.stale_items} item(s) of the interrupted run no longer match the split "
+                         f"(its annotations changed) and were recomputed")
         return f"{self.split}: " + "; ".join(parts) if parts else None
 
 
@@ -114,8 +120,9 @@ class SplitResult:
 class PredictionsFile:
     """Where a split's per-unit lines go: appended item by item to ``<path>.partial`` (flushed, so an
     interrupted run keeps them), then written to ``path`` at once, in item order, when the split ends.
-    With ``resume``, items already in a partial file written under the same ``token`` (the config hash)
-    are reused, not recomputed."""
+    With ``resume``, an item of a partial file written under the same ``token`` (the config hash) is
+    reused only if its digest (:mod:`falip.experiments.identity`) equals the current item's: a split whose
+    annotations changed since gets its changed items recomputed, wherever the unchanged ones moved."""
 
     path: Path
     token: str = ""
@@ -126,29 +133,42 @@ class PredictionsFile:
         return self.path.with_name(self.path.name + ".partial" + (f".{rank}" if rank else ""))
 
     def partials(self) -> list[Path]:
-        return sorted(self.path.parent.glob(self.path.name + ".partial*"))
+        """Every rank's partial file (links are not ours: never read, never written through)."""
+        return sorted(p for p in self.path.parent.glob(self.path.name + ".partial*") if not p.is_symlink())
 
-    def finished_items(self) -> dict[int, dict]:
-        """``{item index: {"lines": [...], "skip": {...} | None}}`` from the resumable partial files of
-        every rank of the interrupted run (however many there were)."""
+    def finished_items(self, item_keys: Sequence[str]) -> tuple[dict[int, dict], int]:
+        """``({item index: {"lines": [...], "skip": {...} | None}}, stale)`` from the resumable partial files
+        of every rank of the interrupted run (however many there were): an entry is reused for every current
+        item with its digest; ``stale`` counts the entries no current item matches (recomputed)."""
         if not self.resume:
-            return {}
-        finished = {}
+            return {}, 0
+        by_key: dict[str, dict] = {}
         for path in self.partials():
-            rows = path.read_text().splitlines()
+            rows = path.read_text(errors="replace").splitlines()
             try:
                 header = json.loads(rows[0]) if rows else {}
             except json.JSONDecodeError:
                 continue
-            if header.get("token") != self.token:
+            if not isinstance(header, dict) or header.get("token") != self.token:
                 continue
             for row in rows[1:]:
                 try:
                     entry = json.loads(row)
-                except json.JSONDecodeError:  # the line being written when the run was killed
-                    break
-                finished[int(entry["item"])] = entry
-        return finished
+                except json.JSONDecodeError:  # a line torn when the run was killed: dropped alone
+                    continue
+                if isinstance(entry, dict) and isinstance(entry.get("key"), str) and isinstance(entry.get("lines"), list):
+                    by_key[entry["key"]] = entry
+        finished = {index: by_key[key] for index, key in enumerate(item_keys) if key in by_key}
+        return finished, len(set(by_key) - set(item_keys))
+
+
+def write_line(handle, path: Path, payload: Mapping[str, Any]) -> None:
+    """One JSON line, flushed (a disk full or a lost folder becomes one line naming ``path``)."""
+    try:
+        handle.write(json.dumps(payload, default=str) + "\n")
+        handle.flush()
+    except OSError as error:
+        raise output_error(path, error) from None
 
 
 def _image_available(item) -> bool:
@@ -159,7 +179,7 @@ def _image_available(item) -> bool:
 
 def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[VisualPrompt], texts: TextCache,
                    options: LoopOptions = LoopOptions(), predictions: PredictionsFile | Path | None = None,
-                   desc: str = "", ranks: Ranks = SINGLE) -> SplitResult | None:
+                   desc: str = "", ranks: Ranks = SINGLE, identity: SplitIdentity | None = None) -> SplitResult | None:
     """Score every unit of ``split`` under every prompt; per-unit lines go to ``predictions`` (see
     :class:`PredictionsFile`; a plain path = no resume).
 
@@ -167,6 +187,7 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     :class:`DatasetError`, or with ``options.skip_bad_samples`` becomes a recorded skip whose lines count
     as wrong. Missing image files are all reported before any forward. With several ``ranks``, each
     encodes its shard of the items; rank 0 gathers the lines and returns the result (others: ``None``).
+    ``identity`` (computed when not given) is what a resume checks items against.
     """
     started = time.perf_counter()
     if isinstance(predictions, (str, Path)):
@@ -183,7 +204,8 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
                            f"Check dataset.root / dataset.image_dir, or set run.skip_bad_samples=true to count "
                            f"their {task.unit}s as wrong.")
     context = task.prepare(split, texts, model.logit_scale)
-    finished = predictions.finished_items() if predictions else {}
+    identity = identity or SplitIdentity.of(task, split)
+    finished, stale = predictions.finished_items(identity.item_keys) if predictions else ({}, 0)
     by_item: dict[int, list[Line]] = {index: entry["lines"] for index, entry in finished.items()}
     skipped: dict[int, dict] = {index: entry["skip"] for index, entry in finished.items() if entry.get("skip")}
     todo = ranks.shard([index for index in range(len(items)) if index not in finished])
@@ -192,10 +214,13 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     if predictions:
         predictions.path.parent.mkdir(parents=True, exist_ok=True)
         partial = predictions.partial(ranks.rank)
-        resuming = predictions.resume and partial.is_file() and bool(finished)
-        handle = open(partial, "a" if resuming else "w")
+        resuming = predictions.resume and partial.is_file() and not partial.is_symlink() and bool(finished)
+        if resuming:
+            drop_torn_tail(partial)
+        handle = open_for_append(partial, fresh=not resuming)
         if not resuming:
-            handle.write(json.dumps({"token": predictions.token, "split": getattr(split, "split", "")}) + "\n")
+            write_line(handle, partial, {"token": predictions.token, "split": getattr(split, "split", ""),
+                                         "split_key": identity.split_key})
     try:
         for position, outcome in encode_items(
                 model, [items[index] for index in todo], [regions[index] for index in todo], prompts,
@@ -214,11 +239,13 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
                 new = task.score(split, index, {name: outcome[name] for name in names}, context)
             by_item[index] = new
             if handle:
-                handle.write(json.dumps({"item": index, "lines": new, "skip": skip}, default=str) + "\n")
-                handle.flush()
+                write_line(handle, partial, {"item": index, "key": identity.item_keys[index], "lines": new, "skip": skip})
     finally:
         if handle:
-            handle.close()
+            try:
+                handle.close()
+            except OSError:  # the flush of a line a full disk refused: the error is already on its way
+                pass
     mine = {"rank": ranks.rank, "lines": {i: by_item[i] for i in todo if i in by_item},
             "skipped": {i: skipped[i] for i in todo if i in skipped}, "image_forwards": counts.image_forwards,
             "unbiased_layer_rows": counts.unbiased_layer_rows, "clipped_boxes": counts.clipped_boxes,
@@ -244,6 +271,7 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
                          wall_time_s=time.perf_counter() - started,
                          notes=list(getattr(split, "notes", [])) + task.notes(context),
                          clipped_boxes=sum(part["clipped_boxes"] for part in gathered), resumed_items=len(finished),
+                         stale_items=stale,
                          empty_regions=total["empty_regions"])
     result.description.update(task.split_details(split, lines, names))
     if ranks.world > 1:
@@ -373,8 +401,14 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
     """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report).
 
     Everything the user can get wrong is checked before the model loads: the run settings, the task,
-    the prompts, the dataset's layout, and every split's content.
+    the prompts, the dataset's layout, and every split's content. SIGTERM anywhere in the run (data
+    generation included) is handled as Ctrl-C: temporary files are removed, finished work is kept.
     """
+    with _sigterm_interrupts():
+        return _run_experiment(config, overrides)
+
+
+def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> ExperimentRecord | None:
     config = dict(config)
     task_name = config["task"]["name"]
     if task_name in REPORTS:
@@ -405,26 +439,43 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
     record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
                               [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")),
                               writer=ranks.is_main)
-    record.extra["world_size"] = ranks.world
-    record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
-    options = LoopOptions.from_config(run)
-    texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
+    kept = record.begin()  # the lock: one run per experiment and output folder (LockHeld names the holder)
+    ranks.barrier()  # every rank sees the folder as rank 0 left it
     try:
+        if kept:
+            print(f"[falip] the earlier {record.name} run in {record.output_dir} (another config, or unfinished) "
+                  f"was moved to {kept}", file=sys.stderr)
+        record.extra["world_size"] = ranks.world
+        record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
+        if run.get("limit"):
+            record.extra["partial"] = {"limit": int(run["limit"]), "why": f"run.limit={run['limit']}: only the first "
+                                       f"{run['limit']} {task.unit}s of each split, not the full protocol"}
+            if ranks.is_main:
+                print(f"[falip] run.limit={run['limit']}: only the first {run['limit']} {task.unit}s of each split are "
+                      f"scored -- not the paper's protocol (the sidecar says so; paper-layout tables mark it)",
+                      file=sys.stderr)
+        options = LoopOptions.from_config(run)
+        texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
         with _sigterm_interrupts(), torch.inference_mode():
             for split_name, split in splits.items():
-                if record.cached(split_name):
+                identity = SplitIdentity.of(task, split)
+                if record.cached(split_name, identity.split_key):
                     if ranks.is_main:
                         print(f"[falip] {split_name}: reusing the finished split from {record.split_path(split_name)}")
                     continue
+                if ranks.is_main and split_name in record.extra.get("recomputed_changed_splits", []):
+                    print(f"[falip] {split_name}: the finished split was computed on other data (its annotations "
+                          f"changed since): recomputing it", file=sys.stderr)
                 predictions = (PredictionsFile(record.predictions_path(split_name), record.hash, record.resume)
                                if run.get("save_predictions", True) else None)
-                result = evaluate_split(model, task, split, prompts, texts, options, predictions, ranks=ranks)
+                result = evaluate_split(model, task, split, prompts, texts, options, predictions, ranks=ranks,
+                                        identity=identity)
                 if result is None:  # a rank > 0: rank 0 has its lines and writes
                     continue
                 details = {**result.summary(), "text_encoder_distinct_texts": texts.num_encoded,
                            "text_classifiers_from_disk": texts.classifiers_from_disk,
                            "predictions": str(predictions.path) if predictions else None}
-                record.add_split(split_name, task.columns(split_name, result.metrics), details)
+                record.add_split(split_name, task.columns(split_name, result.metrics), details, identity.split_key)
                 summary = result.console_summary(task.unit)
                 if summary:
                     print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)
