@@ -30,6 +30,12 @@ def xywh_to_xyxy(box: Sequence[float]) -> Box:
     return x, y, x + w, y + h
 
 
+def has_area(box: Sequence[float]) -> bool:
+    """Whether an xyxy box has positive, finite width and height (real COCO has boxes of height 0)."""
+    x0, y0, x1, y1 = (float(v) for v in box)
+    return all(math.isfinite(v) for v in (x0, y0, x1, y1)) and x1 > x0 and y1 > y0
+
+
 def box_area(box: Sequence[float]) -> float:
     return max(0.0, box[2] - box[0]) * max(0.0, box[3] - box[1])
 

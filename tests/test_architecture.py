@@ -2,7 +2,8 @@
 
 Layers, bottom to top (docs/architecture.md draws them):
 
-    0  version, errors, geometry, io        no falip imports but each other
+    0  errors                               no falip imports
+    0  version, geometry, io                no falip imports but errors
     1  model/, data/                        model never imports data, nor data model
     2  prompts/
     3  encoding/
@@ -24,7 +25,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "falip"
-LAYERS = {"falip.version": 0, "falip.errors": 0, "falip.geometry": 0, "falip.io": 0,
+LAYERS = {"falip.version": 0, "falip.errors": -1, "falip.geometry": 0, "falip.io": 0,
           "falip.model": 1, "falip.data": 1, "falip.prompts": 2, "falip.encoding": 3, "falip.tasks": 4,
           "falip.experiments": 5, "falip.sandbox": 6, "falip.cli": 7, "falip.pointcloud": 8, "falip": 8}
 

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 from ..errors import ConfigError, DatasetError
 from .classification import cub, imagenet_s, stanford_dogs, waterbirds
+from .classnames import check_distinct, class_names_from
 from .classification.boxes import check_box_classification_root, load_box_classification_split
 from .classification.cub import check_cub, load_cub_split
 from .classification.hf import load_hf_classification_split
@@ -21,7 +22,6 @@ from .classification.types import ClassificationSplit
 from .classification.waterbirds import check_waterbirds, load_waterbirds_split
 from .pointcloud.modelnet40 import check_modelnet40, load_modelnet40_split
 from .pointcloud.scanobjectnn import check_scanobjectnn, load_scanobjectnn_split
-from .pointcloud.types import read_class_names
 from .rec.loading import check_split, load_rec_split, resolve_rec_source
 
 
@@ -70,19 +70,19 @@ def _root(config: Mapping[str, Any]) -> str:
     return config["root"]
 
 
-def with_classnames(split: ClassificationSplit, path: str | None) -> ClassificationSplit:
-    """``dataset.classnames=<txt>``: one class name per line, in label order, replaces the loader's names."""
-    if path:
-        file = Path(path)
-        if not file.is_file():
-            raise DatasetError(f"dataset.classnames={path} is not a file (one class name per line, in label order)")
-        names = [line.strip() for line in file.read_text().splitlines() if line.strip()]
+def with_classnames(split: ClassificationSplit, value: Any) -> ClassificationSplit:
+    """``dataset.classnames=<txt or list>``: names in label order replace the loader's; the names a run uses
+    are always distinct (:func:`falip.data.classnames.check_distinct`)."""
+    names = class_names_from(value)
+    if names is not None:
         if split.classes and len(names) != len(split.classes):
-            raise DatasetError(f"dataset.classnames={path} has {len(names)} names, {split.dataset} has "
+            raise DatasetError(f"dataset.classnames={value} has {len(names)} names, {split.dataset} has "
                                f"{len(split.classes)} classes")
-        split = replace(split, classes=names, notes=split.notes + [f"class names from {path}"])
+        shown = value if isinstance(value, str) else "dataset.classnames (a list)"
+        split = replace(split, classes=names, notes=split.notes + [f"class names from {shown}"])
     if not split.classes:
         raise DatasetError(f"{split.dataset} has no class names: set dataset.classnames=<txt, one per line>")
+    check_distinct(split.classes, f"{split.dataset}'s class names ({split.source})")
     labels = {sample.label for sample in split.samples}
     if max(labels) >= len(split.classes) or min(labels) < 0:
         raise DatasetError(f"{split.dataset} {split.split}: labels reach {max(labels)} but there are "
@@ -92,9 +92,14 @@ def with_classnames(split: ClassificationSplit, path: str | None) -> Classificat
 
 def classification_format(load_official: Callable[[Mapping[str, Any], str], ClassificationSplit],
                           check_official: Callable[[Mapping[str, Any]], None], how_to_get: str,
-                          description: str) -> DatasetFormat:
+                          description: str, named_lists: Sequence[str] = ()) -> DatasetFormat:
     """A classification format: the official layout under ``dataset.root``, or a HF copy (``dataset.hf_id``
-    + ``dataset.columns``); ``dataset.classnames`` applies to both."""
+    + ``dataset.columns``); ``dataset.classnames`` (a txt or a list) applies to both. ``named_lists``: the
+    values of ``dataset.classnames`` that name one of the loader's own lists (ImageNet-S: clip, wordnet)."""
+
+    def override(config: Mapping[str, Any]) -> Any:
+        value = config.get("classnames")
+        return None if isinstance(value, str) and value in named_lists else value
 
     def load(config: Mapping[str, Any], split: str) -> ClassificationSplit:
         if config.get("hf_id"):
@@ -102,11 +107,10 @@ def classification_format(load_official: Callable[[Mapping[str, Any], str], Clas
                                                   config.get("name", config["format"]), how_to_get)
         else:
             loaded = load_official(config, split)
-        return with_classnames(loaded, config.get("classnames"))
+        return with_classnames(loaded, override(config))
 
     def check(config: Mapping[str, Any]) -> None:
-        if config.get("classnames") and not Path(config["classnames"]).is_file():
-            raise DatasetError(f"dataset.classnames={config['classnames']} is not a file")
+        class_names_from(override(config))
         if not config.get("hf_id"):
             check_official(config)
 
@@ -114,8 +118,8 @@ def classification_format(load_official: Callable[[Mapping[str, Any], str], Clas
 
 
 def _classnames(config: Mapping[str, Any]) -> list[str] | None:
-    """``dataset.classnames=<txt>`` for a point-cloud set: replaces its names (labels must stay in range)."""
-    return read_class_names(Path(config["classnames"])) if config.get("classnames") else None
+    """``dataset.classnames=<txt or list>`` for a point-cloud set: replaces its names (labels must stay in range)."""
+    return class_names_from(config.get("classnames"))
 
 
 def _num_points(config: Mapping[str, Any]) -> int | None:
@@ -123,10 +127,19 @@ def _num_points(config: Mapping[str, Any]) -> int | None:
     return None if value is None else int(value)
 
 
+def _distinct(load: Callable[[Mapping[str, Any], str], Any]) -> Callable[[Mapping[str, Any], str], Any]:
+    """A point-cloud loader whose class names are checked to be distinct (shape_names.txt or an override)."""
+    def loaded(config: Mapping[str, Any], split: str):
+        data = load(config, split)
+        check_distinct(data.classes, f"{data.dataset}'s class names ({data.source})")
+        return data
+
+    return loaded
+
+
 def _check_pointcloud(check: Callable[[Mapping[str, Any]], None]) -> Callable[[Mapping[str, Any]], None]:
     def checked(config: Mapping[str, Any]) -> None:
-        if config.get("classnames") and not Path(config["classnames"]).is_file():
-            raise DatasetError(f"dataset.classnames={config['classnames']} is not a file (one name per line)")
+        class_names_from(config.get("classnames"))
         check(config)
 
     return checked
@@ -144,22 +157,22 @@ FORMATS: dict[str, DatasetFormat] = {
                                            stanford_dogs.HOW_TO_GET, "Stanford Dogs (Images/, Annotation/, *_list.mat)"),
     "imagenet_s": classification_format(
         lambda c, split: load_imagenet_s_split(_root(c), split, str(c.get("variant", "919")), c.get("roa", "box"),
-                                               c.get("categories")),
+                                               c.get("categories"), imagenet_s.name_list(c.get("classnames"))),
         lambda c: check_imagenet_s(_root(c), c.get("splits") or [], str(c.get("variant", "919")), c.get("roa", "box")),
-        imagenet_s.HOW_TO_GET, "ImageNet-S validation + validation-segmentation"),
+        imagenet_s.HOW_TO_GET, "ImageNet-S validation + validation-segmentation", named_lists=imagenet_s.NAME_LISTS),
     "waterbirds": classification_format(
         lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
         lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
         "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
     "modelnet40": DatasetFormat(
-        lambda c, split: load_modelnet40_split(_root(c), split, _num_points(c), _classnames(c),
-                                                c.get("name", "modelnet40")),
+        _distinct(lambda c, split: load_modelnet40_split(_root(c), split, _num_points(c), _classnames(c),
+                                                         c.get("name", "modelnet40"))),
         _check_pointcloud(lambda c: check_modelnet40(_root(c), c.get("splits") or [])),
         "ModelNet40 modelnet40_ply_hdf5_2048 (ply_data_<split><k>.h5, shape_names.txt)"),
     "scanobjectnn": DatasetFormat(
-        lambda c, split: load_scanobjectnn_split(_root(c), split, str(c.get("variant", "PB_T50_RS")), _num_points(c),
-                                                 bool(c.get("normalize", True)), _classnames(c),
-                                                 c.get("name", "scanobjectnn")),
+        _distinct(lambda c, split: load_scanobjectnn_split(_root(c), split, str(c.get("variant", "PB_T50_RS")),
+                                                           _num_points(c), bool(c.get("normalize", True)),
+                                                           _classnames(c), c.get("name", "scanobjectnn"))),
         _check_pointcloud(lambda c: check_scanobjectnn(_root(c), c.get("splits") or [],
                                                        str(c.get("variant", "PB_T50_RS")))),
         "ScanObjectNN h5_files (main_split[_nobg]/<split>_objectdataset*.h5)"),

@@ -110,6 +110,7 @@ class SplitResult:
             parts.append(f"{self.clipped_boxes} box(es) partly outside their image clipped to it")
         if self.resumed_items:
             parts.append(f"{self.resumed_items} item(s) reused from the interrupted run")
+        parts.extend(self.notes)
         if self.stale_items:
             parts.append(f"{self.stale_items} item(s) of the interrupted run no longer match the split "
                          f"(its annotations changed) and were recomputed")

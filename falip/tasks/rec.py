@@ -56,7 +56,8 @@ def limit_split(split: RecSplit, limit: int | None) -> RecSplit:
         left -= len(sentences)
         kept.append(RecImage(**{**image.__dict__, "sentences": sentences}))
     return RecSplit(split.dataset, split.split, kept, split.source, split.candidate_setting,
-                    split.notes + [f"limited to the first {limit} of {split.num_sentences} sentences"])
+                    split.notes + [f"limited to the first {limit} of {split.num_sentences} sentences"],
+                    split.zero_area_candidates)
 
 
 @dataclass
@@ -96,7 +97,8 @@ class RecTask(Task):
     def describe(self, split: RecSplit) -> dict[str, Any]:
         return {"num_images": len(split.images), "num_sentences": split.num_sentences,
                 "num_candidates": split.num_candidates, "source": split.source,
-                "candidate_setting": split.candidate_setting}
+                "candidate_setting": split.candidate_setting,
+                **({"zero_area_candidates_dropped": split.zero_area_candidates} if split.zero_area_candidates else {})}
 
     def item_key(self, split: RecSplit, index: int) -> dict[str, Any]:
         return {"image_id": split.images[index].image_id}
@@ -131,6 +133,9 @@ class RecTask(Task):
               context: _RecContext) -> list[Line]:
         record = split.images[index]
         names = list(embeddings)
+        if not record.candidates:  # every candidate had zero area: nothing to pick, every sentence wrong
+            return [{**line, "pred": {name: None for name in names}, "correct": {name: 0 for name in names}}
+                    for line in self.lines(split, index)]
         start = context.first_sentence[index]
         text = context.sentence_embeddings[start:start + len(record.sentences)]  # (S, D)
         regions = torch.stack([embeddings[name] for name in names])  # (P, K, D)

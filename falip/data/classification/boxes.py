@@ -33,6 +33,13 @@ def read_classes(root: Path) -> list[str]:
     return classes
 
 
+def _label(value: object) -> int:
+    """A class index: an integer (``3`` or ``3.0``); ``2.7``, ``"3"`` or ``true`` are refused, never rounded."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not float(value).is_integer():
+        raise ValueError(f"field 'label' = {value!r} is not an integer class index")
+    return int(value)
+
+
 def check_box_classification_root(root: str | Path, splits: Sequence[str]) -> None:
     """The cheap checks (nothing parsed): the root, classes.txt and each split's jsonl exist."""
     root = Path(root)
@@ -65,7 +72,7 @@ def load_box_classification_split(root: str | Path, split: str, name: str = "box
         try:
             record = json.loads(line)
             boxes = [tuple(float(v) for v in box) for box in (record["boxes"] if "boxes" in record else [record["box"]])]
-            label = int(record["label"])
+            label = _label(record["label"])
             file_name = record["file_name"]
         except (ValueError, KeyError, TypeError) as error:
             raise DatasetError(f"{path}:{number}: malformed sample ({type(error).__name__}: {error}); "

@@ -20,6 +20,7 @@ from pathlib import Path
 from ...errors import DatasetError
 from ..folders import first_folder
 from ...geometry import Box, xywh_to_xyxy
+from ..coco import image_in_root
 from .types import ClassificationSample, ClassificationSplit
 
 FILES = ("images.txt", "image_class_labels.txt", "classes.txt", "train_test_split.txt", "bounding_boxes.txt")
@@ -110,7 +111,8 @@ def load_cub_split(root: str | Path, split: str) -> ClassificationSplit:
             raise DatasetError(f"{root / 'image_class_labels.txt'}: image {image_id} has class {label + 1}, "
                                f"not in 1..{len(classes)}")
         path = paths[image_id][0]
-        samples.append(ClassificationSample(image_id, root / "images" / path, boxes[path], label))
+        image = image_in_root(root / "images", path, f"{root / 'images.txt'}: image {image_id}")
+        samples.append(ClassificationSample(image_id, image, boxes[path], label))
     if not samples:
         raise DatasetError(f"{root / 'train_test_split.txt'} puts no image in split {split!r}")
     return ClassificationSplit("cub", split, classes, samples, source=str(root))

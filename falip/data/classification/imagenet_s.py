@@ -7,8 +7,11 @@
 
 A mask PNG is RGB with class id = R + 256 G (0 = background, 1000 = ignore); ids are 1-based
 indices into the variant's *sorted* wnids (shipped with this package: ``resources/imagenet_s<v>_wnids.txt``,
-or ``dataset.categories=<txt>`` for another list). Label = that index - 1; class name = the first
-WordNet lemma of the wnid (``resources/imagenet_lemmas.tsv``; ``dataset.classnames`` overrides).
+or ``dataset.categories=<txt>`` for another list). Label = that index - 1. Class names: CLIP's curated
+ImageNet names by default (``dataset.classnames=clip``, ``resources/imagenet_clip_classnames.tsv``: what
+CLIP_benchmark and most zero-shot work use; distinct over S919/S300/S50), or the first WordNet lemma
+(``dataset.classnames=wordnet``, ``resources/imagenet_lemmas.tsv``; S919 has ``crane`` twice, the bird
+n02012849 and the machine n03126707, so that list is refused there), or a txt / list of your own.
 ROA = the box around the pixels of the image's class (``roa=box``, default), or those pixels
 themselves (``roa=mask``: the tokens they cover; inferred, both documented). An image whose mask has
 no pixel of its class is marked unusable (an error, or a recorded skip).
@@ -30,6 +33,7 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 VARIANTS = ("919", "300", "50")
 SPLITS = ("validation",)
 ROA_KINDS = ("box", "mask")
+NAME_LISTS = ("clip", "wordnet")  # dataset.classnames values that pick a shipped list
 IGNORE = 1000
 HOW_TO_GET = ("Build ImageNet-S from your ImageNet-1k copy with the LUSSeg/ImageNet-S data preparation scripts "
               "(https://github.com/LUSSeg/ImageNet-S: datapreparation_val.sh + the ImageNetS<variant> annotation zip) "
@@ -52,6 +56,26 @@ def wnids(variant: str, categories: str | Path | None = None) -> list[str]:
 def first_lemmas() -> dict[str, str]:
     rows = (line.split("\t", 1) for line in read_list(RESOURCES / "imagenet_lemmas.tsv"))
     return {wnid: lemmas.split(",")[0].strip() for wnid, lemmas in rows}
+
+
+def clip_names() -> dict[str, str]:
+    """wnid -> CLIP's curated ImageNet class name."""
+    rows = (line.split("\t", 1) for line in read_list(RESOURCES / "imagenet_clip_classnames.tsv"))
+    return {wnid: name.strip() for wnid, name in rows}
+
+
+def name_list(value: object) -> str:
+    """Which shipped list ``dataset.classnames`` picks: ``wordnet`` when it says so, else ``clip`` (the default;
+    a txt or a list given there replaces the names afterwards)."""
+    return "wordnet" if value == "wordnet" else "clip"
+
+
+def class_names(wnid_list: list[str], names: str = "clip") -> list[str]:
+    """The names of ``wnid_list`` from the shipped list ``names`` (a wnid it does not know keeps its wnid)."""
+    if names not in NAME_LISTS:
+        raise DatasetError(f"dataset.classnames={names!r}: expected one of {list(NAME_LISTS)}, a txt or a list")
+    table = clip_names() if names == "clip" else first_lemmas()
+    return [table.get(wnid, wnid) for wnid in wnid_list]
 
 
 def decode_mask(path: Path) -> np.ndarray:
@@ -96,15 +120,14 @@ def check_imagenet_s(root: str | Path, splits, variant: str, roa: str) -> None:
 
 
 def load_imagenet_s_split(root: str | Path, split: str, variant: str = "919", roa: str = "box",
-                          categories: str | Path | None = None) -> ClassificationSplit:
+                          categories: str | Path | None = None, names: str = "clip") -> ClassificationSplit:
     """The validation images of one variant with the box (or mask) of their class's pixels as ROA."""
     variant = str(variant)
     check_imagenet_s(root, [split], variant, roa)
     base = variant_root(root, variant)
     classes_wnids = wnids(variant, categories)
     index = {wnid: position for position, wnid in enumerate(classes_wnids)}
-    lemmas = first_lemmas()
-    classes = [lemmas.get(wnid, wnid) for wnid in classes_wnids]
+    classes = class_names(classes_wnids, names)
     samples, problems = [], 0
     for folder in sorted(p for p in (base / split).iterdir() if p.is_dir()):
         if folder.name not in index:
@@ -115,7 +138,17 @@ def load_imagenet_s_split(root: str | Path, split: str, variant: str = "919", ro
             mask_path = base / f"{split}-segmentation" / folder.name / (image_path.stem + ".png")
             if not mask_path.is_file():
                 raise DatasetError(f"{mask_path} not found: every image of {base / split} needs its mask")
-            ys, xs = np.nonzero(decode_mask(mask_path) == label + 1)
+            ids = decode_mask(mask_path)
+            with Image.open(image_path) as image:  # the header only: no decode
+                size = image.size
+            if (ids.shape[1], ids.shape[0]) != size:
+                problems += 1
+                samples.append(ClassificationSample(image_path.stem, image_path, (0.0, 0.0, 1.0, 1.0), label,
+                                                    problem=f"mask {mask_path} is {ids.shape[1]}x{ids.shape[0]} but its "
+                                                            f"image is {size[0]}x{size[1]}: the region would land in the "
+                                                            f"wrong place"))
+                continue
+            ys, xs = np.nonzero(ids == label + 1)
             if not len(xs):
                 problems += 1
                 samples.append(ClassificationSample(image_path.stem, image_path, (0.0, 0.0, 1.0, 1.0), label,
@@ -127,5 +160,6 @@ def load_imagenet_s_split(root: str | Path, split: str, variant: str = "919", ro
             samples.append(ClassificationSample(image_path.stem, image_path, Region((box,), mask), label))
     if not samples:
         raise DatasetError(f"{base / split} has no images")
-    notes = [f"{problems} image(s) whose mask has no pixel of their class"] if problems else []
+    notes = [f"{problems} image(s) whose mask has no pixel of their class or is not the image's size"] if problems else []
+    notes.append(f"class names: {'CLIP curated ImageNet names' if names == 'clip' else 'first WordNet lemmas'}")
     return ClassificationSplit(f"imagenet_s{variant}", split, classes, samples, source=str(base), notes=notes)

@@ -17,6 +17,7 @@ from pathlib import Path
 from ...errors import DatasetError
 from ..folders import first_folder
 from .cub import cub_boxes
+from ..coco import image_in_root
 from .types import ClassificationSample, ClassificationSplit
 
 FOLDER = "waterbird_complete95_forest2water2"
@@ -69,10 +70,11 @@ def load_waterbirds_split(root: str | Path, split: str, cub_root: str | Path) ->
             if y not in (0, 1) or place not in (0, 1):
                 raise DatasetError(f"{path}:{number}: y and place must be 0 or 1, got y={y}, place={place}")
             name = row["img_filename"]
+            image = image_in_root(root, name, f"{path}:{number}: img_filename")
             if name not in boxes:
                 raise DatasetError(f"{path}:{number}: {name} has no box in CUB's bounding_boxes.txt "
                                    f"(dataset.cub_root={cub_root})")
-            samples.append(ClassificationSample(row["img_id"], root / name, boxes[name], y, group=2 * y + place))
+            samples.append(ClassificationSample(row["img_id"], image, boxes[name], y, group=2 * y + place))
     if not samples:
         raise DatasetError(f"{path} has no row with split={SPLITS[split]} ({split})")
     return ClassificationSplit("waterbirds", split, list(CLASSES), samples, source=f"{path}; boxes from {cub_root}",

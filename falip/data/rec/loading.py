@@ -8,7 +8,7 @@ from .detections import load_detections, with_detections
 from .hf import load_hf_split
 from .reclip import load_reclip_split
 from .refer import DEFAULT_SPLIT_BY, default_image_dir, load_refer_split
-from .types import RecSplit
+from .types import RecSplit, without_zero_area
 
 LAYOUTS = ("auto", "refer", "reclip", "hf")
 KNOWN_SPLITS = {"refcoco": ("train", "val", "testA", "testB"), "refcoco+": ("train", "val", "testA", "testB"),
@@ -82,4 +82,4 @@ def load_rec_split(name: str, split: str, *, root: str | Path | None = None, lay
         split_data = load_hf_split(hf_id, split, image_dir=image_dir)
     if detections:
         split_data = with_detections(split_data, load_detections(detections), str(detections))
-    return split_data
+    return without_zero_area(split_data)

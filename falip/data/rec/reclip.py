@@ -13,6 +13,7 @@ from pathlib import Path
 
 from ...errors import DatasetError
 from ...geometry import xywh_to_xyxy
+from ..coco import image_in_root
 from .types import RecImage, RecSentence, RecSplit
 
 
@@ -59,7 +60,8 @@ def load_reclip_split(root: str | Path, dataset: str, split: str, *, image_dir: 
             raise DatasetError(f"{where}: malformed ref, field {error} missing or wrong "
                                f"(need file_name, image_id, anns[].bbox/id, ann_id, sentences[].raw)") from None
         if image_id not in images:
-            images[image_id] = RecImage(image_id, image_dir / file_name, list(boxes.values()), list(boxes), boxes, [])
+            images[image_id] = RecImage(image_id, image_in_root(image_dir, file_name, f"{where}: file_name"),
+                                        list(boxes.values()), list(boxes), boxes, [])
         record = images[image_id]
         if boxes != record.gold_boxes:
             disagreements += 1

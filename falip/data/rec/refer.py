@@ -12,13 +12,12 @@ contains "test", anything else an exact match. Real image file names come from i
 """
 from __future__ import annotations
 
-import contextlib
-import io
 import pickle
 from pathlib import Path
 
 from ...errors import DatasetError
 from ...geometry import xywh_to_xyxy
+from ..coco import image_in_root, load_coco
 from .types import RecImage, RecSentence, RecSplit
 
 DEFAULT_SPLIT_BY = {"refcoco": "unc", "refcoco+": "unc", "refcocog": "umd"}
@@ -29,15 +28,30 @@ def default_image_dir(root: str | Path) -> Path:
     return Path(root) / "images" / "mscoco" / "images" / "train2014"
 
 
+class _PlainDataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only -- lists, dicts, tuples, str, bytes, numbers, booleans, None: what the
+    refer toolkit's refs files hold. Any class or function reference (the way a pickle runs code, e.g.
+    ``os.system``) is refused before it is looked up."""
+
+    def find_class(self, module: str, name: str):
+        raise pickle.UnpicklingError(f"it references {module}.{name}, and a refs file holds plain data only "
+                                     f"(lists, dicts, strings, numbers): refusing to load it")
+
+
+def _unpickle(path: Path, encoding: str) -> object:
+    with path.open("rb") as handle:
+        return _PlainDataUnpickler(handle, encoding=encoding).load()
+
+
 def read_refs(path: Path) -> list[dict]:
-    """The pickled refs (written by Python 2: retried with ``encoding='latin1'`` when needed)."""
+    """The pickled refs (written by Python 2: retried with ``encoding='latin1'`` when needed), read by an
+    unpickler that builds plain data only (:class:`_PlainDataUnpickler`): never ``pickle.load``."""
     try:
-        with path.open("rb") as handle:
-            refs = pickle.load(handle)
-    except UnicodeDecodeError:
-        with path.open("rb") as handle:
-            refs = pickle.load(handle, encoding="latin1")
-    except (pickle.UnpicklingError, EOFError) as error:
+        try:
+            refs = _unpickle(path, "ASCII")
+        except UnicodeDecodeError:
+            refs = _unpickle(path, "latin1")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, IndexError, KeyError, AttributeError) as error:
         raise DatasetError(f"{path} is not a readable refs pickle: {error}") from None
     if not isinstance(refs, list) or not all(isinstance(ref, dict) for ref in refs):
         raise DatasetError(f"{path} must hold a list of ref dicts, got {type(refs).__name__}")
@@ -45,6 +59,14 @@ def read_refs(path: Path) -> list[dict]:
         missing = [key for key in REF_KEYS if key not in ref]
         if missing:
             raise DatasetError(f"{path}: ref {ref.get('ref_id', '?')} lacks field(s) {missing}")
+        sentences = ref["sentences"]
+        if not isinstance(sentences, list) or not all(isinstance(s, dict) for s in sentences):
+            raise DatasetError(f"{path}: ref {ref['ref_id']} has 'sentences' {type(sentences).__name__}, expected a "
+                               f"list of {{'raw': text, 'sent_id': id}} dicts")
+        for sentence in sentences:
+            if not isinstance(sentence.get("raw"), str):
+                raise DatasetError(f"{path}: a sentence of ref {ref['ref_id']} has 'raw' "
+                                   f"{sentence.get('raw', 'missing')!r}, expected the expression's text")
     return refs
 
 
@@ -71,15 +93,9 @@ def select_refs(refs: list[dict], split: str, where: Path) -> list[dict]:
 
 
 def _load_instances(path: Path):
-    from pycocotools.coco import COCO
-
     if not path.is_file():
         raise DatasetError(f"{path} not found: the refer layout needs <root>/<dataset>/instances.json")
-    try:
-        with contextlib.redirect_stdout(io.StringIO()):
-            return COCO(str(path))
-    except (ValueError, KeyError, TypeError) as error:
-        raise DatasetError(f"{path} is not a COCO instances file: {type(error).__name__}: {error}") from None
+    return load_coco(path)
 
 
 def load_refer_split(root: str | Path, dataset: str, split: str, *, split_by: str | None = None,
@@ -116,15 +132,14 @@ def load_refer_split(root: str | Path, dataset: str, split: str, *, split_by: st
             except (KeyError, TypeError, ValueError) as error:
                 raise DatasetError(f"{data_dir / 'instances.json'}: an annotation of image {image_id} has a "
                                    f"malformed 'bbox' ({error})") from None
-            images[image_id] = RecImage(image_id, image_dir / info["file_name"], list(boxes.values()),
-                                        list(boxes), boxes, [], info.get("width"), info.get("height"))
+            path = image_in_root(image_dir, info.get("file_name"), f"{data_dir / 'instances.json'}: image {image_id}")
+            images[image_id] = RecImage(image_id, path, list(boxes.values()), list(boxes), boxes, [],
+                                        info.get("width"), info.get("height"))
         record = images[image_id]
         if ref["ann_id"] not in record.gold_boxes:
             raise DatasetError(f"{refs_path}: ref {ref['ref_id']} refers to annotation {ref['ann_id']}, which "
                                f"image {image_id} does not have in instances.json")
         for index, sentence in enumerate(ref["sentences"]):
-            if "raw" not in sentence:
-                raise DatasetError(f"{refs_path}: a sentence of ref {ref['ref_id']} lacks field 'raw'")
             record.sentences.append(RecSentence(sentence.get("sent_id", f"{ref['ref_id']}.{index}"), sentence["raw"],
                                                 (ref["ann_id"],), ref["ref_id"]))
     return RecSplit(dataset, split, list(images.values()), source=f"{refs_path} + {data_dir / 'instances.json'}; "

@@ -5,13 +5,14 @@ reads nothing else. Grouping by image is what lets the task load and encode each
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from ...geometry import Box
+from ...errors import DatasetError
+from ...geometry import Box, has_area
 from ..images import read_rgb
 
 
@@ -61,6 +62,7 @@ class RecSplit:
     source: str                                  # human-readable: files read / HF id, for the sidecar
     candidate_setting: str = "gold"              # "gold" (all annotation boxes) or "detections"
     notes: list[str] = field(default_factory=list)
+    zero_area_candidates: int = 0                # candidate boxes of zero width or height, dropped
 
     @property
     def num_sentences(self) -> int:
@@ -73,3 +75,24 @@ class RecSplit:
     def captions(self, template: str = "a photo of {}") -> list[str]:
         """Every sentence of the split, templated as the task will score it (the "subtract" caption bank)."""
         return [template.format(s.text.lower()) for image in self.images for s in image.sentences]
+
+
+def without_zero_area(split: RecSplit) -> RecSplit:
+    """The split with every candidate of zero width or height dropped (real COCO has some, e.g. train2014
+    annotation 2206849, ``bbox`` [9.98, 188.56, 5.54, 0]): such a box covers no token and no pixel, so it
+    cannot be scored, and ReCLIP's harness (which the released FALIP code runs) filters candidates by area.
+    The count is kept on the split (sidecar) and in its notes (console)."""
+    images, dropped = [], 0
+    for image in split.images:
+        keep = [index for index, box in enumerate(image.candidates) if has_area(box)]
+        if len(keep) == len(image.candidates):
+            images.append(image)
+            continue
+        dropped += len(image.candidates) - len(keep)
+        images.append(replace(image, candidates=[image.candidates[i] for i in keep],
+                              candidate_ids=[image.candidate_ids[i] for i in keep]))
+    if not dropped:
+        return split
+    note = f"{dropped} candidate box(es) of zero width or height dropped (they cannot be scored)"
+    return replace(split, images=images, zero_area_candidates=split.zero_area_candidates + dropped,
+                   notes=split.notes + [note])

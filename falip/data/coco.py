@@ -1,0 +1,65 @@
+"""Reading COCO-format instance files safely, and keeping the image paths they name inside the image root.
+
+COCO-style files (refer's ``instances.json``, COCO / LVIS ``instances_*.json``) name images by a
+``file_name`` relative to an image folder. A ``file_name`` such as ``../../../etc/x.png`` or an absolute
+path would read outside that folder: :func:`image_in_root` refuses both, in every format whose paths are
+relative by definition (COCO, CUB's lists, Waterbirds' metadata).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from ..errors import DatasetError
+
+
+def image_in_root(root: str | Path, relative: Any, where: str) -> Path:
+    """``root / relative`` after checking that ``relative`` is a non-empty relative path that stays inside
+    ``root`` (no ``..`` that climbs out, not absolute); ``where`` names the record in the error."""
+    if not isinstance(relative, str) or not relative.strip():
+        raise DatasetError(f"{where} has no usable file name ({relative!r}): expected a path relative to {root}")
+    parts = PurePosixPath(relative.replace("\\", "/"))
+    if parts.is_absolute() or Path(relative).is_absolute():
+        raise DatasetError(f"{where} names the absolute path {relative!r}; this format's paths are relative to {root}")
+    depth = 0
+    for part in parts.parts:
+        depth += -1 if part == ".." else (0 if part in (".", "") else 1)
+        if depth < 0:
+            raise DatasetError(f"{where} names {relative!r}, which leaves the image folder {root}: refused")
+    return Path(root) / relative
+
+
+def load_coco(path: str | Path):
+    """A ``pycocotools.coco.COCO`` index of the instances file ``path``, after checking its shape: a JSON
+    object with an ``images`` list whose entries have ``id`` and ``file_name``; every problem is one
+    :class:`DatasetError` naming the file and the field."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path} is not JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a COCO instances file: its top level is a {type(data).__name__}, expected "
+                           f"an object with 'images', 'annotations' and 'categories'")
+    images = data.get("images")
+    if not isinstance(images, list):
+        raise DatasetError(f"{path} is not a COCO instances file: 'images' is {type(images).__name__}, expected a list")
+    for number, image in enumerate(images):
+        if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
+            keys = sorted(image) if isinstance(image, dict) else type(image).__name__
+            raise DatasetError(f"{path}: images[{number}] lacks 'id' or 'file_name' (has {keys})")
+    if not isinstance(data.get("annotations", []), list):
+        raise DatasetError(f"{path}: 'annotations' must be a list")
+    coco = COCO()
+    coco.dataset = data
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):
+            coco.createIndex()
+    except (KeyError, TypeError, ValueError) as error:
+        raise DatasetError(f"{path} is not a COCO instances file: {type(error).__name__}: {error}") from None
+    return coco
