@@ -1,9 +1,11 @@
 """``falip-run``: the Hydra entry point. ``falip-run experiment=<name> [key=value ...]``; ``--help`` lists groups."""
 from __future__ import annotations
 
+import difflib
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
@@ -88,8 +90,70 @@ def compose(overrides: list[str] | None = None) -> dict:
         return OmegaConf.to_container(hydra_compose("config", overrides=list(overrides or [])), resolve=True)
 
 
+# Sections whose keys are a closed set: an unknown key is a typo, never an addition (not even with + or ++).
+CLOSED_SECTIONS = ("run", "dataset", "task", "foveal")
+
+
+def _lookup(config: Any, path: list[str]) -> tuple[bool, list[str]]:
+    """Whether ``path`` exists in ``config`` (a plain dict), and the keys beside its last part."""
+    node = config
+    for depth, part in enumerate(path):
+        if node is None and depth > 1:  # under a key whose value is null (e.g. dataset.columns): an open mapping
+            return True, []
+        if not isinstance(node, dict) or part not in node:
+            return False, sorted(node) if isinstance(node, dict) else []
+        if depth < len(path) - 1:
+            node = node[part]
+    return True, []
+
+
+def unknown_key_error(arguments: list[str]) -> str | None:
+    """One line for the first ``key=value`` (``+``/``++``/``~`` too) of the command line that names a key the
+    composed config does not have under :data:`CLOSED_SECTIONS`, with the nearest valid keys; None if all exist."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    candidates = [a for a in arguments if "=" in a and not a.startswith("-") or a.startswith("~")]
+    try:
+        parsed = OverridesParser.create().parse_overrides(candidates)
+    except HydraException:
+        return None  # Hydra reports its own syntax errors
+    targeted = [o for o in parsed if "/" not in o.key_or_group and o.key_or_group.split(".")[0] in CLOSED_SECTIONS
+                and "." in o.key_or_group]
+    if not targeted:
+        return None
+    base = []
+    for override in parsed:
+        if override in targeted or override.key_or_group.startswith("hydra"):
+            continue
+        if override.is_sweep_override():
+            first = next(iter(override.sweep_string_iterator()))
+            base.append(f"{override.key_or_group}={first}")
+        else:
+            base.append(override.input_line)
+    try:
+        config = compose(base)
+    except Exception:  # noqa: BLE001 - a bad group choice etc.: Hydra's own run reports it
+        return None
+    for override in targeted:
+        path = override.key_or_group.split(".")
+        exists, siblings = _lookup(config, path)
+        if exists:
+            continue
+        parent = ".".join(path[:-1])
+        near = difflib.get_close_matches(path[-1], siblings, n=3, cutoff=0.5)
+        hint = (f"did you mean {' or '.join(parent + '.' + k for k in near)}? " if near else "")
+        return (f"{override.key_or_group} is not a key of this experiment's {path[0]} section: {hint}"
+                f"valid keys of {parent}: {', '.join(siblings)} (adding keys with + is refused there: they would be "
+                f"ignored)")
+    return None
+
+
 def main() -> None:
     _register_resolvers()
+    problem = unknown_key_error(sys.argv[1:])
+    if problem:
+        _fail(problem, 2)
     _hydra_main()
 
 

@@ -26,6 +26,7 @@ class TextCache:
         self.disk_cache = Path(disk_cache) if disk_cache is not None and model_key else None
         self.model_key = model_key
         self.classifiers_from_disk = 0
+        self.truncated: list[str] = []  # distinct texts longer than the text encoder's context (cut to it)
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -38,6 +39,8 @@ class TextCache:
         """``(len(texts), D)`` embeddings; only texts not seen before are encoded."""
         new = list(dict.fromkeys(text for text in texts if text not in self._cache))
         if new:
+            context = self.model.text_context
+            self.truncated.extend(text for text, count in zip(new, self.model.text_token_counts(new)) if count > context)
             embeddings = self.model.encode_text(new, batch_size=self.batch_size).float().cpu()
             self._cache.update(zip(new, embeddings))
         if not texts:

@@ -18,6 +18,7 @@ from ..errors import DatasetError
 from ..io import atomic_write_text, write_json
 from .plots import collect_plot
 from .provenance import environment, git_state, utc_now
+from .record import effective_status
 from .tables import DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
 
 
@@ -38,6 +39,34 @@ def is_paper_backbone(meta: Mapping[str, Any]) -> bool:
     model, info = (meta.get("config") or {}).get("model") or {}, meta.get("model") or {}
     return model.get("name") == PAPER_BACKBONE["name"] and all(
         info.get(key) == value for key, value in PAPER_BACKBONE.items() if key != "name")
+
+
+def partial_reasons(meta: Mapping[str, Any] | None) -> list[str]:
+    """Why a finished run's numbers are not the full protocol: no sidecar, a status other than complete (a
+    ``running`` run whose process is gone reads as interrupted), ``run.limit``; empty when none."""
+    if not meta:
+        return ["no sidecar (status unknown)"]
+    reasons = []
+    status = effective_status(meta)
+    if status != "complete":
+        reasons.append(f"status {status}")
+    limit = (meta.get("partial") or {}).get("limit") or ((meta.get("config") or {}).get("run") or {}).get("limit")
+    if limit:
+        reasons.append(f"run.limit={limit}")
+    return reasons
+
+
+def partial_label(column: str, reasons: list[str]) -> str:
+    """A column header that says its numbers are partial (in the CSV itself, not only in a sidecar)."""
+    return f"{column} [PARTIAL: {'; '.join(reasons)}]" if reasons else column
+
+
+def _read_sidecar(path: Path) -> dict:
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path} is not a readable sidecar ({error})") from None
+    return meta if isinstance(meta, dict) else {}
 
 
 def with_deltas(table: pd.DataFrame, measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
@@ -68,11 +97,14 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         frame = read_table(path)
         if source_column not in frame.columns:
             raise DatasetError(f"{path} has no column {source_column!r} (columns: {list(frame.columns)})")
-        columns[column] = frame[source_column]
-        sidecar = output_dir / f"{experiment}.json"
-        meta = json.loads(sidecar.read_text()) if sidecar.is_file() else {}
-        sources[column] = {"csv": str(path), "column": source_column, "status": meta.get("status"),
-                           "config_hash": meta.get("config_hash"), "model": model_label(meta),
+        meta = _read_sidecar(output_dir / f"{experiment}.json")
+        reasons = partial_reasons(meta)
+        if reasons:
+            warnings.append(f"{column} comes from {path}, which is partial ({'; '.join(reasons)}): not the paper's "
+                            f"protocol; its column is marked [PARTIAL]")
+        columns[partial_label(column, reasons)] = frame[source_column]
+        sources[column] = {"csv": str(path), "column": source_column, "status": effective_status(meta) if meta else None,
+                           "partial": reasons, "config_hash": meta.get("config_hash"), "model": model_label(meta),
                            "weights_sha256": (meta.get("model") or {}).get("weights_sha256")}
         if task.get("paper_csv") and not is_paper_backbone(meta):
             warnings.append(f"{column} ({experiment}) was measured with {model_label(meta)}, not the paper's "
@@ -80,7 +112,9 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     rows = list(dict.fromkeys(row for series in columns.values() for row in series.index))
     measured = pd.DataFrame({name: series.reindex(rows) for name, series in columns.items()})
     if task.get("average"):
-        measured[task["average"]] = measured.mean(axis=1, skipna=False)
+        partial = [column for column, source in sources.items() if source["partial"]]
+        average = partial_label(task["average"], [f"averages partial column(s) {partial}"] if partial else [])
+        measured[average] = measured.mean(axis=1, skipna=False)
     measured.index.name = "prompt"
     models = " + ".join(dict.fromkeys(source["model"] for source in sources.values()))
     if task.get("paper_csv"):
@@ -106,6 +140,21 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     return table
 
 
+def _finished_jobs(sweep: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
+    """The sweep's job sidecars that are complete, full-protocol results, and one line per job left out."""
+    kept, left_out = [], []
+    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
+        meta = _read_sidecar(sidecar)
+        if "table" not in meta:
+            continue
+        status = effective_status(meta)
+        if status != "complete":
+            left_out.append(f"{sidecar} left out: status {status}")
+            continue
+        kept.append((sidecar, meta))
+    return kept, left_out
+
+
 def _value(text: str):
     try:
         return float(text)
@@ -122,15 +171,17 @@ def collect_sweep(config: dict) -> pd.DataFrame:
     if not sweep.is_dir():
         raise DatasetError(f"sweep_dir={sweep} is not a folder (a Hydra multirun's output: multirun/<date>)")
     rows = []
-    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
-        meta = json.loads(sidecar.read_text())
-        if "table" not in meta or meta.get("status") != "complete":
-            continue
+    jobs, left_out = _finished_jobs(sweep)
+    for warning in left_out:
+        print(f"warning: {warning}", file=sys.stderr)
+    for sidecar, meta in jobs:
         overrides = dict(item.split("=", 1) for item in meta.get("overrides") or [] if "=" in item)
+        reasons = partial_reasons(meta)
         for column, values in meta["table"].items():
             for prompt, value in values.items():
                 rows.append({"job": sidecar.parent.name, **{k: _value(v) for k, v in overrides.items()},
-                             "experiment": meta["experiment"], "prompt": prompt, "column": column, "value": value})
+                             "experiment": meta["experiment"], "prompt": prompt, "column": column, "value": value,
+                             "partial": "; ".join(reasons)})
     if not rows:
         raise DatasetError(f"{sweep} holds no finished job (<job>/<experiment>.json with status complete)")
     frame = pd.DataFrame(rows)
@@ -152,12 +203,14 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
     checkpoint, its source and weights hash."""
     sweep = Path(sweep_dir)
     columns, models = {}, {}
-    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
-        meta = json.loads(sidecar.read_text())
-        if meta.get("status") != "complete" or "table" not in meta:
-            continue
+    jobs, warnings = _finished_jobs(sweep)
+    for sidecar, meta in jobs:
         model = (meta.get("config") or {}).get("model") or {}
         label = Path(model["path"]).name if model.get("path") else model.get("name", sidecar.parent.name)
+        reasons = partial_reasons(meta)
+        if reasons:
+            warnings.append(f"{label} ({sidecar}) is partial ({'; '.join(reasons)}): its column is marked [PARTIAL]")
+            label = partial_label(label, reasons)
         chosen = column or next(iter(meta["table"]))
         if chosen not in meta["table"]:
             raise DatasetError(f"{sidecar} has no column {chosen!r} (has {list(meta['table'])})")
@@ -165,7 +218,7 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
             label = f"{label} ({sidecar.parent.name})"
         columns[label] = meta["table"][chosen]
         info = meta.get("model") or {}
-        models[label] = {"job": sidecar.parent.name, "source": info.get("source"),
+        models[label] = {"job": sidecar.parent.name, "source": info.get("source"), "partial": reasons,
                          "weights_sha256": info.get("weights_sha256"), "image_size": info.get("image_size"),
                          "patch_size": info.get("patch_size"), "column": chosen, "sidecar": str(sidecar)}
     if not columns:
@@ -175,8 +228,11 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
     table.index.name = "prompt"
     path = write_csv(table, sweep / f"{name}.csv")
     write_json(sweep / f"{name}.json", {"experiment": name, "status": "complete", "updated": utc_now(),
-                                        "models": models, "code": {**git_state(), "falip": environment()["falip"]}})
+                                        "models": models, "warnings": warnings,
+                                        "code": {**git_state(), "falip": environment()["falip"]}})
     print(table.round(2).to_string(na_rep="-"))
+    for warning in warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     print(f"\nwrote {path}")
     return table
 

@@ -339,23 +339,45 @@ def _head_sensitivity(config: Mapping[str, Any], model: FoveatedCLIP, prompts: l
                          task_cfg.get("max_items"), bool(config["run"].get("progress", True)))
 
 
+def _check_attention_maps(config: Mapping[str, Any]) -> None:
+    """Before the model loads: the image exists and the boxes are a list of [x0,y0,x1,y1]."""
+    if config.get("image"):
+        if not Path(config["image"]).is_file():
+            raise DatasetError(f"image={config['image']} is not a file")
+        parse_boxes(config.get("boxes"))
+
+
 def _attention_maps(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
     """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
     task_cfg, out = config["task"], Path(config["run"]["output_dir"]) / config["experiment_name"]
     if config.get("image"):
         path = Path(config["image"])
-        if not path.is_file():
-            raise DatasetError(f"image={path} is not a file")
-        image = read_rgb(path)
-        if not config.get("boxes"):
-            raise ConfigError("attention_maps needs boxes=[[x0,y0,x1,y1]] (pixels of the image) with image=")
-        boxes, stem = [tuple(float(v) for v in box) for box in config["boxes"]], path.stem
+        boxes, stem = parse_boxes(config.get("boxes")), path.stem
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise DatasetError(f"image={path} is not a readable image: {type(error).__name__}: {error}") from None
     else:
         image, boxes, stem = example_image(int(config["run"].get("seed", 0)))
     frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
                            layer=task_cfg.get("layer", -1), resize=task_cfg.get("resize", "squash"))
     print(frame.to_string(index=False))
     print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
+
+
+def parse_boxes(value: Any) -> list[tuple[float, ...]]:
+    """``boxes=[[x0,y0,x1,y1], ...]`` (pixels of the image) as tuples; anything else is one line with the fix."""
+    fix = "write boxes as a list of [x0,y0,x1,y1] lists, e.g. 'boxes=[[40,60,200,300]]' (quoted for the shell)"
+    if not value:
+        raise ConfigError(f"attention_maps needs boxes with image=: {fix}")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(box, (list, tuple)) for box in value):
+        raise ConfigError(f"boxes={value!r} is not a list of boxes: {fix}")
+    boxes = []
+    for box in value:
+        if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            raise ConfigError(f"box {box!r} of boxes= needs 4 numbers x0,y0,x1,y1: {fix}")
+        boxes.append(tuple(float(v) for v in box))
+    return boxes
 
 
 def example_image(seed: int):
@@ -396,6 +418,8 @@ def _depth_views(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[V
 
 # task.name of an analysis -> its runner (config, model, prompts): no scoring loop, figures + CSVs.
 ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps, "depth_views": _depth_views}
+# What an analysis checks in its config before the model loads (one line for a bad input, no model load).
+ANALYSIS_CHECKS = {"attention_maps": _check_attention_maps}
 
 
 def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentRecord | None:
@@ -418,6 +442,7 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
     run = config["run"]
     check_run_settings(run)
     if task_name in ANALYSES:
+        ANALYSIS_CHECKS.get(task_name, lambda _: None)(config)
         prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
         ANALYSES[task_name](config, load_model(config["model"], run), prompts)
         return None
@@ -475,8 +500,11 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
                     continue
                 details = {**result.summary(), "text_encoder_distinct_texts": texts.num_encoded,
                            "text_classifiers_from_disk": texts.classifiers_from_disk,
+                           "texts_truncated_to_context": len(texts.truncated),
                            "predictions": str(predictions.path) if predictions else None}
                 record.add_split(split_name, task.columns(split_name, result.metrics), details, identity.split_key)
+                record.extra["texts_truncated"] = {"count": len(texts.truncated), "context_tokens": model.text_context,
+                                                   "examples": texts.truncated[:3]}
                 summary = result.console_summary(task.unit)
                 if summary:
                     print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)

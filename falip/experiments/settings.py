@@ -43,8 +43,25 @@ RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
 
 
 def check_run_settings(run: Mapping[str, Any]) -> None:
-    """Raise :class:`ConfigError` for the first ``run.<key>`` whose value does not fit :data:`RUN_SCHEMA`."""
+    """Raise :class:`ConfigError` for the first ``run.<key>`` whose value does not fit :data:`RUN_SCHEMA`, or
+    for a device this machine does not have."""
     for key, (valid, expected) in RUN_SCHEMA.items():
         if key in run and not valid(run[key]):
             raise ConfigError(f"run.{key}={run[key]!r} is not valid: expected {expected} "
                               f"(e.g. falip-run run.{key}=<value>)")
+    check_device(str(run.get("device", "auto")))
+
+
+def check_device(device: str) -> None:
+    """A ``cuda`` / ``cuda:<n>`` device must exist here (one line, not torch's traceback mid-run)."""
+    import torch
+
+    if not device.startswith("cuda"):
+        return
+    if not torch.cuda.is_available():
+        raise ConfigError(f"run.device={device} but this machine has no CUDA device (torch {torch.__version__}, "
+                          f"CUDA build: {torch.version.cuda or 'none'}): use run.device=cpu or run.device=auto")
+    index = device.partition(":")[2]
+    if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+        raise ConfigError(f"run.device={device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
+                          f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")

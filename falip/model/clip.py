@@ -404,12 +404,23 @@ class FoveatedCLIP(nn.Module):
         with _autograd(requires_grad):
             return self._encode_text(texts, batch_size)
 
+    @property
+    def text_context(self) -> int:
+        """The text encoder's context in tokens (longer texts are truncated to it)."""
+        return int(self.clip.config.text_config.max_position_embeddings)
+
+    def text_token_counts(self, texts: Sequence[str]) -> list[int]:
+        """How many tokens each text has before truncation (``> text_context``: it will be cut)."""
+        if self.tokenizer is None:
+            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
+        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+
     def _encode_text(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         if self.tokenizer is None:
             raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
         if isinstance(texts, str):
             texts = [texts]
-        max_length = int(self.clip.config.text_config.max_position_embeddings)
+        max_length = self.text_context
         chunks = []
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,

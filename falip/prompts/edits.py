@@ -105,15 +105,33 @@ class BlurOutside(_ReplaceOutside):
         return image.filter(ImageFilter.GaussianBlur(self.radius))
 
 
+GRAY_WEIGHTS = {
+    "itu601": (0.299, 0.587, 0.114, 0.0),  # PIL's "L": ITU-R 601 luma of R, G, B
+    "fgvp": (0.114, 0.587, 0.299, 0.0),    # FGVP: cv2.COLOR_BGR2GRAY applied to RGB data (red and blue swapped)
+}
+
+
 @dataclass(frozen=True)
 class GrayscaleOutside(_ReplaceOutside):
-    """Grayscale outside the region (FGVP's grayscale prompt; region = the inscribed ellipse)."""
+    """Grayscale outside the region (region = the inscribed ellipse, as FGVP's grayscale prompt).
+
+    ``weights``: ``itu601`` (default, PIL's luma) or ``fgvp`` (FGVP's channel weights: it converts RGB data
+    with OpenCV's BGR->gray, so red and blue trade weights; values may differ from OpenCV's by one level of
+    rounding). FGVP's resize to a 384-px short side before editing is not reproduced."""
 
     name: ClassVar[str] = "grayscale"
     shape: str = "ellipse"
+    weights: str = "itu601"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.weights not in GRAY_WEIGHTS:
+            raise ValueError(f"grayscale weights={self.weights!r}: expected one of {sorted(GRAY_WEIGHTS)}")
 
     def background(self, image: Image.Image) -> Image.Image:
-        return image.convert("L").convert("RGB")
+        if self.weights == "itu601":
+            return image.convert("L").convert("RGB")
+        return image.convert("L", matrix=GRAY_WEIGHTS[self.weights]).convert("RGB")
 
 
 @dataclass(frozen=True)

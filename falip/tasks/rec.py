@@ -8,9 +8,13 @@ ties) is correct iff its IoU with the referred object's box is > 0.5. Accuracy =
 sentences; skipped images' sentences count as wrong.
 
 "Subtract" (RedCircle's post-processing, off by default as in the released code): each box's
-score minus its mean score against ``num_captions`` captions sampled (seeded, without replacement,
-once per split) from the split's own templated captions. Since the score is linear in the text
-embedding, that mean is the score against the mean caption embedding.
+score minus its mean score against ``num_captions`` captions sampled without replacement from the
+split's own templated captions. ``sampling=per_expression`` (default) draws a fresh sample for every
+expression, as the released code's (commented-out) call does (``np.random.choice(caption_bank, 500,
+replace=False)`` per sentence, main.py) -- here seeded by (seed, the sentence's row in the split), so
+reruns, resumes and any number of ranks give the same numbers; ``sampling=per_split`` draws one sample
+for the whole split. Since the score is linear in the text embedding, the mean score is the score
+against the mean caption embedding.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import random
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import numpy
 import torch
 
 from ..data.rec.types import RecImage, RecSplit
@@ -26,18 +31,22 @@ from ..geometry import Box, iou
 from .base import Line, Task, check_option, check_resize, check_template
 
 
+SUBTRACT_SAMPLING = ("per_expression", "per_split")
+
+
 @dataclass(frozen=True)
 class SubtractOptions:
     enabled: bool = False
     num_captions: int = 500
     seed: int = 0
+    sampling: str = "per_expression"  # per_expression (released code) | per_split
 
 
 @dataclass
 class _RecContext:
     sentence_embeddings: torch.Tensor      # (sentences of the split, D), in image order
     first_sentence: list[int]              # per image: its first row in sentence_embeddings
-    subtract: torch.Tensor | None          # (D,) mean caption embedding, or None
+    subtract: torch.Tensor | None          # (sentences, D) mean caption embedding per sentence, or None
     logit_scale: float
     notes: list[str]
 
@@ -79,8 +88,10 @@ class RecTask(Task):
                      "a number in (0, 1]")
         check_resize(task_cfg.get("resize", "squash"))
         subtract = dict(task_cfg.get("subtract") or {})
-        check_option(set(subtract) <= {"enabled", "num_captions", "seed"}, "subtract", subtract,
-                     "keys enabled, num_captions, seed")
+        check_option(set(subtract) <= {"enabled", "num_captions", "seed", "sampling"}, "subtract", subtract,
+                     "keys enabled, num_captions, seed, sampling")
+        check_option(subtract.get("sampling", "per_expression") in SUBTRACT_SAMPLING, "subtract.sampling",
+                     subtract.get("sampling"), f"one of {list(SUBTRACT_SAMPLING)}")
         return cls(text_template=task_cfg.get("text_template", "a photo of {}"),
                    iou_threshold=float(task_cfg.get("iou_threshold", 0.5)), resize=task_cfg.get("resize", "squash"),
                    subtract=SubtractOptions(**dict(task_cfg.get("subtract") or {})))
@@ -112,12 +123,16 @@ class RecTask(Task):
             row += len(image.sentences)
         subtract, notes = None, []
         if self.subtract.enabled:
-            bank = split.captions(template)
+            bank = split.captions(template)  # the same texts, in the same order, as the sentence embeddings
             count = min(self.subtract.num_captions, len(bank))
-            sample = random.Random(self.subtract.seed).sample(bank, count)
-            subtract = texts.embed(sample).mean(0)
-            notes.append(f"subtract: score minus mean score against {count} captions sampled with seed "
-                         f"{self.subtract.seed} from the split's {len(bank)} captions")
+            if self.subtract.sampling == "per_split":
+                sample = random.Random(self.subtract.seed).sample(bank, count)
+                subtract = texts.embed(sample).mean(0).expand(len(bank), -1)
+            else:
+                subtract = torch.stack([embeddings[numpy.random.default_rng([self.subtract.seed, row]).choice(
+                    len(bank), count, replace=False)].mean(0) for row in range(len(bank))])
+            notes.append(f"subtract: score minus mean score against {count} captions sampled ({self.subtract.sampling}) "
+                         f"with seed {self.subtract.seed} from the split's {len(bank)} captions")
         return _RecContext(embeddings, first_sentence, subtract, logit_scale, notes)
 
     def notes(self, context: _RecContext) -> list[str]:
@@ -141,7 +156,8 @@ class RecTask(Task):
         regions = torch.stack([embeddings[name] for name in names])  # (P, K, D)
         logits = context.logit_scale * regions @ text.T  # (P, K, S)
         if context.subtract is not None:
-            logits = logits - (context.logit_scale * regions @ context.subtract)[:, :, None]
+            negatives = context.subtract[start:start + len(record.sentences)]  # (S, D)
+            logits = logits - context.logit_scale * regions @ negatives.T
         predictions = dict(zip(names, logits.argmax(1).tolist()))  # first maximum on ties, as np.argmax
         lines = self.lines(split, index)
         for position, (sentence, line) in enumerate(zip(record.sentences, lines)):

@@ -58,6 +58,7 @@ def test_rec_table_from_finished_runs(tmp_path):
         frame = pd.DataFrame({c: [10.0 + i, 20.0 + i] for i, c in enumerate(columns)}, index=["Original CLIP", "FALIP"])
         frame.index.name = "prompt"
         frame.to_csv(tmp_path / f"{name}.csv")
+        (tmp_path / f"{name}.json").write_text(json.dumps({"status": "complete"}))
     config = {"experiment_name": "rec_table", "run": {"output_dir": str(tmp_path)},
               "task": {"name": "table", "average": "Avg", "paper_csv": "rec.csv",
                        "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO TestB": ["refcoco_rec", "testB"],
@@ -94,3 +95,36 @@ def test_rec_table_names_its_models_and_warns_off_the_paper_backbone(tmp_path, m
     assert len(sidecar["warnings"]) == 1 and "falip-sandbox" in sidecar["warnings"][0]
     assert "warning: RefCOCO TestA (refcoco_rec) was measured with falip-sandbox" in capsys.readouterr().err
     assert set(sidecar) >= {"task", "sources", "paper_reference"} and "config" not in sidecar  # no unrelated defaults
+
+
+def test_a_paper_table_marks_partial_sources(tmp_path, capsys):
+    """A run made with run.limit, an interrupted or failed run, a run whose process died ('running' with a
+    gone pid) or a CSV without a sidecar can never pass for the protocol: its column is marked in the CSV,
+    the sidecar and on the console."""
+    import socket
+    import subprocess
+    import sys
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    metas = {"a": {"status": "complete"}, "b": {"status": "complete", "partial": {"limit": 30}},
+             "c": {"status": "failed"}, "d": {"status": "running", "process": {"host": socket.gethostname(),
+                                                                                  "pid": dead.pid}},
+             "e": None}
+    for name, meta in metas.items():
+        frame = pd.DataFrame({"val": [10.0, 20.0]}, index=["Original CLIP", "FALIP"])
+        frame.index.name = "prompt"
+        frame.to_csv(tmp_path / f"{name}.csv")
+        if meta is not None:
+            (tmp_path / f"{name}.json").write_text(json.dumps(meta))
+    config = {"experiment_name": "t", "run": {"output_dir": str(tmp_path)},
+              "task": {"name": "table", "average": "Avg", "columns": {k.upper(): [k, "val"] for k in metas}}}
+    table = build_paper_table(config)
+    assert list(table.columns) == ["A", "B [PARTIAL: run.limit=30]", "C [PARTIAL: status failed]",
+                                   "D [PARTIAL: status interrupted]", "E [PARTIAL: no sidecar (status unknown)]",
+                                   "Avg [PARTIAL: averages partial column(s) ['B', 'C', 'D', 'E']]"]
+    assert list(read_table(tmp_path / "t.csv").columns) == list(table.columns)
+    sidecar = json.loads((tmp_path / "t.json").read_text())
+    assert sidecar["sources"]["A"]["partial"] == [] and sidecar["sources"]["B"]["partial"] == ["run.limit=30"]
+    assert len(sidecar["warnings"]) == 4
+    assert capsys.readouterr().err.count("which is partial") == 4

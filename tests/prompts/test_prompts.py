@@ -53,6 +53,19 @@ def test_grayscale_outside_ellipse():
     assert np.array_equal(arr[62, 102][0] == arr[62, 102][1], True)  # box corner is outside the ellipse
 
 
+def test_grayscale_fgvp_weights_swap_red_and_blue():
+    """FGVP runs OpenCV's BGR->gray on RGB data: gray = 0.114 R + 0.587 G + 0.299 B (by hand, +-1 level)."""
+    image = noise_image()
+    src = np.asarray(image).astype(float)
+    plain = np.asarray(GrayscaleOutside().background(image))[..., 0].astype(float)
+    fgvp = np.asarray(GrayscaleOutside(weights="fgvp").background(image))[..., 0].astype(float)
+    assert np.abs(plain - (0.299 * src[..., 0] + 0.587 * src[..., 1] + 0.114 * src[..., 2])).max() <= 1
+    assert np.abs(fgvp - (0.114 * src[..., 0] + 0.587 * src[..., 1] + 0.299 * src[..., 2])).max() <= 1
+    assert np.abs(plain - fgvp).max() > 10
+    with pytest.raises(ValueError, match="weights"):
+        GrayscaleOutside(weights="bgr")
+
+
 def test_crop_returns_region_frame():
     edited, region = Crop().apply_one(noise_image(), (10.4, 20.6, 60.2, 90.0))
     assert edited.size == (50, 69) and region.boxes == ((0.0, 0.0, 50.0, 69.0),)

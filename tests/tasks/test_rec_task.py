@@ -110,7 +110,7 @@ def test_subtract_changes_scores_and_is_seeded(model, tmp_path):
     split = make_split(tmp_path)
     prompt = [VisualPrompt("F", bias=FovealBias(alpha=3.0, layers=None))]
     texts = TextCache(model)
-    on = options(subtract=SubtractOptions(enabled=True, num_captions=4, seed=1))
+    on = options(subtract=SubtractOptions(enabled=True, num_captions=4, seed=1, sampling="per_split"))
     a = evaluate(model, split, prompt, on, texts, tmp_path / "a.jsonl")
     b = evaluate(model, split, prompt, on, texts, tmp_path / "b.jsonl")
     assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
@@ -157,3 +157,28 @@ def test_a_box_with_three_numbers_is_a_clear_error(model, tmp_path):
     split.images[0].candidates[0] = (1.0, 1.0, 20.0)
     with pytest.raises(DatasetError, match=r"img0.png: box \[1.0, 1.0, 20.0\] must have 4 numbers"):
         evaluate(model, split, [FALIP], options(), TextCache(model))
+
+
+def test_subtract_per_expression_draws_a_seeded_sample_for_every_sentence(model, tmp_path):
+    """The released code's semantics: np.random.choice(caption_bank, 500, replace=False) per sentence; here
+    seeded by (seed, the sentence's row), so a rerun is identical."""
+    import numpy as np
+
+    split = make_split(tmp_path)
+    prompt = [VisualPrompt("F", bias=FovealBias(alpha=3.0, layers=None))]
+    on = options(subtract=SubtractOptions(enabled=True, num_captions=3, seed=7))
+    evaluate(model, split, prompt, on, TextCache(model), tmp_path / "a.jsonl")
+    evaluate(model, split, prompt, on, TextCache(model), tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    bank = split.captions("a photo of {}")
+    lines = [json.loads(line) for line in (tmp_path / "a.jsonl").read_text().splitlines()]
+    row = 0
+    for record in split.images:
+        emb = encode_regions(model, record.load_image(), record.candidates, prompt[0])
+        for sentence in record.sentences:
+            text = model.encode_text(["a photo of " + sentence.text.lower()])[0]
+            chosen = np.random.default_rng([7, row]).choice(len(bank), 3, replace=False)
+            mean = model.encode_text([bank[i] for i in chosen]).mean(0)
+            scores = emb @ text - emb @ mean
+            assert lines[row]["pred"]["F"] == int(torch.argmax(scores)), row
+            row += 1

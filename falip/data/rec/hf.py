@@ -1,7 +1,7 @@
 """REC splits from HuggingFace ``datasets`` (a Hub id read from the HF cache, or a local folder).
 
-Two community schemas are recognised from their column names (both unverified against the Hub,
-see ../shared/design/data_spec.md; adapters are kept small on purpose):
+Two community schemas are recognised from their column names (both read from the datasets' public cards,
+not checked against the Hub from here; adapters are kept small on purpose):
 
 * **refer-like** (``jxu124/refcoco``, ``jxu124/refcocoplus``, ``jxu124/refcocog``): one row per ref with
   ``image_id``, ``ann_id``, ``split``, ``sentences`` (dicts with ``raw``, or strings), a target box
