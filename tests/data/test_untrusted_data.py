@@ -192,3 +192,21 @@ def test_relative_paths_of_cub_and_waterbirds_stay_inside_the_root(tmp_path):
     split = {"0": "train", "1": "val", "2": "test"}[first[header.index("split")]]
     with pytest.raises(DatasetError, match="absolute path"):
         load_waterbirds_split(tmp_path / "wb", split, tmp_path / "wbcub")
+
+
+def test_a_sentence_naming_a_missing_annotation_is_a_dataset_error(refer):
+    split = load_rec_split("refcoco", "val", root=refer)
+    image = split.images[0]
+    sentence = image.sentences[0]
+    from dataclasses import replace
+    with pytest.raises(DatasetError, match="refers to annotation 999999"):
+        image.target_boxes(replace(sentence, target_ann_ids=(999999,)))
+
+
+def test_texts_longer_than_the_context_are_counted(sandbox_clip):
+    from falip.encoding.text import TextCache
+
+    texts = TextCache(sandbox_clip)
+    long = "a photo of " + "very " * 40 + "red circle"
+    texts.embed(["a photo of a red circle", long, long])
+    assert texts.truncated == [long] and sandbox_clip.text_context == 16

@@ -195,6 +195,9 @@ def test_writes_never_follow_planted_links(tmp_path):
         handle.write("line\n")
     assert outside.read_text() == "precious"
     assert (folder / "table.csv").read_text() == "a,b\n" and not (folder / "val.jsonl.partial").is_symlink()
+    umask = os.umask(0)
+    os.umask(umask)
+    assert (folder / "table.csv").stat().st_mode & 0o777 == 0o666 & ~umask  # readable like any file, not 0600
     (folder / "other.partial").symlink_to(outside)
     with pytest.raises(Exception, match="symbolic link"):
         open_for_append(folder / "other.partial", fresh=False)
@@ -285,3 +288,94 @@ def test_a_full_disk_is_one_line_status_failed_no_temp_files_and_resume_finishes
                 == (reference / "refcoco_rec" / "predictions" / "val.jsonl").read_bytes())
     finally:
         subprocess.run(["umount", str(out)])
+
+
+def falip_cli(*overrides, env):
+    return [sys.executable, "-m", "falip.cli", *overrides, "run.progress=false"]
+
+
+def wait_for(predicate, timeout=120.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+@pytest.mark.slow
+def test_sigkill_then_resume_reads_interrupted_and_finishes_correctly(tmp_path):
+    data = refer_fixture(tmp_path / "data", scenes=60)
+    env = {**os.environ, "FALIP_CACHE": str(tmp_path / "cache")}
+    base = ["experiment=refcoco_rec", "model=sandbox", f"dataset.root={data}", "dataset.splits=[val]",
+            "prompts=backbones", "run.batch_size=4"]
+    out = tmp_path / "run"
+    run = subprocess.Popen(falip_cli(*base, f"run.output_dir={out}", env=env), env=env, stdout=subprocess.PIPE,
+                           stderr=subprocess.PIPE)
+    partial = out / "refcoco_rec" / "predictions" / "val.jsonl.partial"
+    assert wait_for(lambda: partial.is_file() and len(partial.read_bytes().splitlines()) > 5)
+    run.kill()  # SIGKILL: no handler runs, the sidecar still says "running"
+    run.wait()
+    sidecar = json.loads((out / "refcoco_rec.json").read_text())
+    assert sidecar["status"] == "running" and sidecar["process"]["pid"] == run.pid
+    assert effective_status(sidecar) == "interrupted"
+    done = subprocess.run(falip_cli(*base, f"run.output_dir={out}", "run.resume=true", env=env), env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reused from the interrupted run" in done.stderr
+    subprocess.run(falip_cli(*base, f"run.output_dir={tmp_path / 'fresh'}", env=env), env=env, check=True,
+                   capture_output=True, timeout=600)
+    assert json.loads((out / "refcoco_rec.json").read_text())["status"] == "complete"
+    assert predictions(out) == predictions(tmp_path / "fresh") and table(out) == table(tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_a_concurrent_second_run_is_refused_and_the_first_finishes_intact(tmp_path, monkeypatch):
+    import threading
+
+    data = refer_fixture(tmp_path / "data")
+    env = {**os.environ, "FALIP_CACHE": str(tmp_path / "cache")}
+    out = tmp_path / "run"
+    real, started, release = RecTask.score, threading.Event(), threading.Event()
+
+    def held_score(self, split, index, embeddings, context):  # the first run stays mid-split until released
+        started.set()
+        release.wait(timeout=300)
+        return real(self, split, index, embeddings, context)
+
+    monkeypatch.setattr(RecTask, "score", held_score)
+    first = threading.Thread(target=run_experiment, args=(rec_config(data, out),))
+    first.start()
+    try:
+        assert started.wait(timeout=120)
+        second = subprocess.run(falip_cli("experiment=refcoco_rec", "model=sandbox", f"dataset.root={data}",
+                                          "dataset.splits=[val]", "prompts=backbones", "foveal.alpha=2.0",
+                                          f"run.output_dir={out}", env=env),
+                                env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        release.set()
+        first.join(timeout=600)
+    assert second.returncode == 2 and f"in use by process {os.getpid()}" in second.stderr, second.stderr[-2000:]
+    assert "Traceback" not in second.stderr
+    sidecar = json.loads((out / "refcoco_rec.json").read_text())
+    assert sidecar["status"] == "complete" and sidecar["config"]["foveal"]["alpha"] == 8.0
+    monkeypatch.setattr(RecTask, "score", real)
+    run_experiment(rec_config(data, tmp_path / "fresh"))
+    assert predictions(out) == predictions(tmp_path / "fresh") and table(out) == table(tmp_path / "fresh")
+
+
+@pytest.mark.slow
+def test_planted_links_in_the_output_folder_are_never_written_through(tmp_path):
+    data = refer_fixture(tmp_path / "data")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("precious")
+    out = tmp_path / "run"
+    (out / "refcoco_rec" / "predictions").mkdir(parents=True)
+    for name in ("refcoco_rec.json.tmp", "refcoco_rec.csv.tmp"):
+        (out / name).symlink_to(outside)
+    (out / "refcoco_rec" / "predictions" / "val.jsonl.partial").symlink_to(outside)
+    (out / "refcoco_rec" / "predictions" / "val.jsonl.tmp").symlink_to(outside)
+    run_experiment(rec_config(data, out))
+    run_experiment(rec_config(data, tmp_path / "fresh"))
+    assert outside.read_text() == "precious"
+    assert predictions(out) == predictions(tmp_path / "fresh")
