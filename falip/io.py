@@ -168,6 +168,9 @@ def folder_lock(lock_path: str | Path, what: str, wait: bool = False) -> Iterato
                            f"another run.output_dir") from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(holder()).encode(), 0)
-        yield
+        try:
+            yield
+        finally:
+            os.ftruncate(fd, 0)  # an empty lock file = free: no stale holder is ever named
     finally:
         os.close(fd)

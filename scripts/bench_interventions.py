@@ -14,6 +14,8 @@ import argparse
 
 import torch
 
+from falip.model.steering import Steering
+
 from falip.experiments.benchmarking import environment_columns, interleaved_medians, write_rows
 from falip.model.interventions import FeatureMask, ReplaceQueriesKeys, ReplaceValues, Unleash
 from falip.model.random_clip import random_clip
@@ -42,15 +44,12 @@ def main() -> None:
     index = list(range(args.batch_size))
     variants = {
         "biased forward (FALIP)": (1, lambda: model.encode_image(pixels, foveal, LAST4)),
-        "FALIP + Unleash (one pass)": (1, lambda: model.encode_image(pixels, foveal, LAST4, intervention=Unleash())),
-        "feature mask (one pass)": (1, lambda: model.encode_image(pixels, intervention=FeatureMask(), roa_tokens=tokens)),
+        "FALIP + Unleash (one pass)": (1, lambda: model.encode_image(pixels, steering=Steering(bias=foveal, bias_layers=LAST4, intervention=Unleash()))),
+        "feature mask (one pass)": (1, lambda: model.encode_image(pixels, steering=Steering(intervention=FeatureMask(), roa_tokens=tokens))),
         "PASTA (one pass)": (1, lambda: model.encode_image(pixels, pasta, LAST4)),
-        "RedCircle + Unleash (two passes)": (2, lambda: model.encode_image(
-            edited, intervention=Unleash(), reference_pixels=pixels, reference_index=index)),
-        "replace v (two passes)": (2, lambda: model.encode_image(
-            edited, intervention=ReplaceValues(), reference_pixels=pixels, reference_index=index)),
-        "replace q,k (two passes)": (2, lambda: model.encode_image(
-            edited, intervention=ReplaceQueriesKeys(), reference_pixels=pixels, reference_index=index)),
+        "RedCircle + Unleash (two passes)": (2, lambda: model.encode_image(edited, steering=Steering(intervention=Unleash(), reference_pixels=pixels, reference_index=index))),
+        "replace v (two passes)": (2, lambda: model.encode_image(edited, steering=Steering(intervention=ReplaceValues(), reference_pixels=pixels, reference_index=index))),
+        "replace q,k (two passes)": (2, lambda: model.encode_image(edited, steering=Steering(intervention=ReplaceQueriesKeys(), reference_pixels=pixels, reference_index=index))),
     }
     with torch.inference_mode():
         medians = interleaved_medians([function for _, function in variants.values()], args.repeats)

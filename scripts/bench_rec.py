@@ -56,6 +56,7 @@ from falip.experiments.generated import build_generated_dataset
 from falip.experiments.runner import LoopOptions, evaluate_split
 from falip.geometry import iou
 from falip.model.clip import resolve_device, resolve_dtype
+from falip.model.steering import FULL_ROWS, ExecutionPlan
 from falip.model.random_clip import random_clip
 from falip.prompts import FovealBias, VisualPrompt
 from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
@@ -102,29 +103,26 @@ def released_style_loop(model: FoveatedCLIP, split: RecSplit, bias: FovealBias, 
     bias = bias.for_model(model)
     size, patch = model.image_size, model.patch_size
     expressions = regions = correct = 0
-    previous, model.trims = model.trims, False  # the released forward computes every row of every layer
     started = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            for record in split.images:
-                for _, ref_sentences in itertools.groupby(record.sentences, key=lambda sentence: sentence.ref_id):
-                    image = record.load_image()  # main.py opens the image once per ref
-                    geometry = model.geometry(image.width, image.height)
-                    for sentence in ref_sentences:
-                        features = []
-                        for box in record.candidates:
-                            pixels = model.preprocess(image)  # tensorize_inputs: preprocess per box
-                            box_bias = bias.build([geometry.box_to_input(box)], size, patch)
-                            features.append(model.encode_image(pixels, box_bias, layers))
-                        text = model.encode_text([TEMPLATE.format(sentence.text.lower())])
-                        logits = model.logit_scale * torch.cat(features) @ text.T
-                        pred = int(logits.softmax(0).argmax())
-                        targets = record.target_boxes(sentence)
-                        correct += any(iou(record.candidates[pred], target) > 0.5 for target in targets)
-                        expressions += 1
-                        regions += len(record.candidates)
-    finally:
-        model.trims = previous
+    # the released forward computes every row of every layer: plan=FULL_ROWS
+    with torch.inference_mode():
+        for record in split.images:
+            for _, ref_sentences in itertools.groupby(record.sentences, key=lambda sentence: sentence.ref_id):
+                image = record.load_image()  # main.py opens the image once per ref
+                geometry = model.geometry(image.width, image.height)
+                for sentence in ref_sentences:
+                    features = []
+                    for box in record.candidates:
+                        pixels = model.preprocess(image)  # tensorize_inputs: preprocess per box
+                        box_bias = bias.build([geometry.box_to_input(box)], size, patch)
+                        features.append(model.encode_image(pixels, box_bias, layers, plan=FULL_ROWS))
+                    text = model.encode_text([TEMPLATE.format(sentence.text.lower())])
+                    logits = model.logit_scale * torch.cat(features) @ text.T
+                    pred = int(logits.softmax(0).argmax())
+                    targets = record.target_boxes(sentence)
+                    correct += any(iou(record.candidates[pred], target) > 0.5 for target in targets)
+                    expressions += 1
+                    regions += len(record.candidates)
     wall = time.perf_counter() - started
     return {"expressions_per_s": expressions / wall, "regions_per_s": regions / wall,
             "accuracy": 100.0 * correct / max(1, expressions)}
@@ -133,15 +131,11 @@ def released_style_loop(model: FoveatedCLIP, split: RecSplit, bias: FovealBias, 
 def pipeline(model: FoveatedCLIP, split: RecSplit, prompt: VisualPrompt, batch_size: int, out: Path,
              trims: bool = True, cls_stream: bool = False) -> dict[str, float]:
     """Expressions/s, region embeddings/s and accuracy of the experiments' loop over ``split``."""
-    previous = model.trims, model.cls_stream
-    model.trims, model.cls_stream = trims, cls_stream
-    options = LoopOptions(batch_size=batch_size, num_workers=0, progress=False)
+    options = LoopOptions(batch_size=batch_size, num_workers=0, progress=False,
+                          plan=ExecutionPlan(trims=trims, cls_stream=cls_stream))
     started = time.perf_counter()
-    try:
-        with torch.inference_mode():
-            result = evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options, out)
-    finally:
-        model.trims, model.cls_stream = previous
+    with torch.inference_mode():
+        result = evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options, out)
     wall = time.perf_counter() - started
     return {"expressions_per_s": split.num_sentences / wall, "regions_per_s": split.num_candidates / wall,
             "accuracy": result.accuracy[prompt.name]}

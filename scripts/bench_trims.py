@@ -5,7 +5,7 @@ The REC pipeline's forward as it runs: ``--images`` images x ``--regions`` regio
 one image sharing its pixels (``image_index``), FALIP's ``[CLS]``-row bias in the released layers
 (the last 4) or all layers. ``trims on`` = the default (last layer: the ``[CLS]`` row only; first biased
 layer: patch rows once per image); ``trims off`` = every row of every layer
-(``FoveatedCLIP.full_rows``); ``cls_stream`` = the opt-in approximate mode (only ``[CLS]`` recomputed
+(``plan=FULL_ROWS``); ``cls_stream`` = the opt-in approximate mode (only ``[CLS]`` recomputed
 per region in the biased layers). Interleaved medians of ``--repeats``; speed-up = off / on time; the
 largest |difference| of the trimmed embeddings and the smallest cosine of the ``cls_stream`` ones to the
 exact ones are written beside it. Writes results/benchmarks/trims.csv.
@@ -19,6 +19,7 @@ import torch
 from falip import FoveatedCLIP
 from falip.experiments.benchmarking import environment_columns, interleaved_medians, write_rows
 from falip.model.random_clip import random_clip
+from falip.model.steering import FULL_ROWS, ExecutionPlan
 from falip.prompts import FovealBias
 from falip.sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
@@ -48,15 +49,10 @@ def main() -> None:
                 return model.encode_image(pixels, bias, layers, image_index=index)
 
             def full():
-                with model.full_rows():
-                    return model.encode_image(pixels, bias, layers, image_index=index)
+                return model.encode_image(pixels, bias, layers, image_index=index, plan=FULL_ROWS)
 
             def stream():
-                model.cls_stream = True
-                try:
-                    return model.encode_image(pixels, bias, layers, image_index=index)
-                finally:
-                    model.cls_stream = False
+                return model.encode_image(pixels, bias, layers, image_index=index, plan=ExecutionPlan(cls_stream=True))
 
             on, off, approximate = interleaved_medians([trimmed, full, stream], args.repeats)
             reference = full()

@@ -28,6 +28,7 @@ from ..errors import FalipError
 from ..geometry import Box, Region
 from ..model.clip import FoveatedCLIP
 from ..model.preprocessing import ImagePreprocessor
+from ..model.steering import EXACT, ExecutionPlan, Steering
 
 # Image forwards per batch. 32 measured fastest on CPU for ViT-B/16-sized weights in the REC pipeline
 # (1.11x batch 64, 1.16x batch 128, 1.10x batch 16; scripts/bench_rec.py -> results/benchmarks/rec_throughput.csv);
@@ -130,10 +131,11 @@ class RegionEncoder:
     counts the image rows the layers before the first biased one ran on.
     """
 
-    def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = DEFAULT_BATCH_SIZE):
+    def __init__(self, model: FoveatedCLIP, prompt: VisualPrompt, batch_size: int = DEFAULT_BATCH_SIZE,
+                 plan: ExecutionPlan = EXACT):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.model, self.prompt, self.batch_size = model, prompt, batch_size
+        self.model, self.prompt, self.batch_size, self.plan = model, prompt, batch_size, plan
         self.bias = prompt.bias.for_model(model) if prompt.bias is not None else None  # alpha=None: the model's
         self.image_forwards = 0
         self.unbiased_layer_rows = 0
@@ -150,10 +152,6 @@ class RegionEncoder:
         if self.prompt.bias is None or self.prompt.bias.layers is None:
             return None
         return list(self.prompt.bias.layers)
-
-    @property
-    def num_heads(self) -> int:
-        return int(self.model.clip.config.vision_config.num_attention_heads)
 
     def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
@@ -213,12 +211,12 @@ class RegionEncoder:
         regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
         self.empty_regions += sum(region is None for region in regions)
         if self.bias is not None:
-            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size, num_heads=self.num_heads)
+            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size, num_heads=self.model.num_heads)
         if intervention is not None:
             roa_tokens = roa_token_mask(regions, self.model.image_size, self.model.patch_size)
-        embeddings = self.model.encode_image(pixels, bias, self.bias_layers, image_index=image_index,
-                                             intervention=intervention, reference_pixels=reference_pixels,
-                                             reference_index=reference_index, roa_tokens=roa_tokens)
+        steering = Steering(bias=bias, bias_layers=self.bias_layers, intervention=intervention,
+                            reference_pixels=reference_pixels, reference_index=reference_index, roa_tokens=roa_tokens)
+        embeddings = self.model.encode_image(pixels, image_index=image_index, steering=steering, plan=self.plan)
         self._done.append(embeddings.float().cpu())
         self._done_rows += count
         self._queued_rows -= count
@@ -238,10 +236,10 @@ class RegionEncoder:
 
 
 def encode_regions(model: FoveatedCLIP, image: Image.Image, regions: Sequence[Region | Box], prompt: VisualPrompt,
-                   resize: str = "squash", batch_size: int = DEFAULT_BATCH_SIZE) -> torch.Tensor:
+                   resize: str = "squash", batch_size: int = DEFAULT_BATCH_SIZE, plan: ExecutionPlan = EXACT) -> torch.Tensor:
     """L2-normalised embeddings ``(K, D)`` of the K ``regions`` of ``image`` under ``prompt``: each an
     xyxy box in pixels, or a :class:`~falip.geometry.Region` (several boxes as one ROA, or a mask)."""
-    encoder = RegionEncoder(model, prompt, batch_size)
+    encoder = RegionEncoder(model, prompt, batch_size, plan)
     inputs = prepare_regions(model.preprocessor, image.convert("RGB"), regions, prompt, resize)
     ready = encoder.add(0, inputs) + encoder.flush()
     return ready[0][1]
@@ -306,7 +304,8 @@ def _identity(item):
 def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequence[Region | Box]],
                  prompts: Sequence[VisualPrompt], *, resize: str = "squash", batch_size: int = DEFAULT_BATCH_SIZE,
                  num_workers: int = 0, prefetch_images: int = 64, progress: bool = True, desc: str = "",
-                 counts: EncodingCounts | None = None) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
+                 counts: EncodingCounts | None = None,
+                 plan: ExecutionPlan = EXACT) -> Iterator[tuple[int, dict[str, torch.Tensor] | str]]:
     """Region embeddings of many items under many prompts, batched across items.
 
     ``items[i]`` has ``load_image()`` (and optionally ``image_path``, ``width``, ``height``) and
@@ -314,14 +313,15 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
     model inputs with ``load_views(input_size, device) -> Views`` (point clouds; ``regions[i]`` unused). Yields ``(i, {prompt name: (K_i, D)})`` once every prompt of item
     ``i`` is done (not necessarily in order), or ``(i, "reason")`` at once when the item cannot be
     used (unreadable image, size mismatch, bad box) -- the caller decides whether to skip or stop.
-    ``counts`` (if given) receives what the encoding cost (:class:`EncodingCounts`). With ``num_workers``
+    ``counts`` (if given) receives what the encoding cost (:class:`EncodingCounts`); ``plan`` is how every
+    forward runs (:class:`~falip.model.steering.ExecutionPlan`: exact trims by default). With ``num_workers``
     dataloader workers, ``prefetch_images`` (in all) are prepared ahead: at least the images of one
     batch, so that the model never waits for the next one while workers have a core to run on.
     """
     names = [prompt.name for prompt in prompts]
     if len(set(names)) != len(names):
         raise ValueError(f"prompt names must be unique, got {names}")
-    encoders = {prompt.name: RegionEncoder(model, prompt, batch_size) for prompt in prompts}
+    encoders = {prompt.name: RegionEncoder(model, prompt, batch_size, plan) for prompt in prompts}
     waiting: dict[int, dict[str, torch.Tensor]] = {}
     # items that render their views (point clouds) do it on the model's device, or on the CPU in workers
     prepared_items = _PreparedItems(items, regions, prompts, model.preprocessor, resize,

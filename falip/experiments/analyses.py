@@ -38,7 +38,7 @@ def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt
     if prompt.bias is not None:
         bias_spec = prompt.bias.for_model(model)
         bias = bias_spec.build(inputs.input_regions, model.image_size, model.patch_size,
-                               num_heads=int(model.clip.config.vision_config.num_attention_heads))
+                               num_heads=model.num_heads)
         layers = list(bias_spec.layers) if bias_spec.layers is not None else None
     return pixels, bias, layers, inputs
 
@@ -46,7 +46,7 @@ def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt
 def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any], prompts: Sequence[VisualPrompt],
                      output_dir: Path, name: str, max_items: int | None = None, progress: bool = True) -> pd.DataFrame:
     """Mean ``||G'_h - G_h||`` per (prompt, layer, head) over every region of the splits' items."""
-    sums = {prompt.name: torch.zeros(model.num_layers, int(model.clip.config.vision_config.num_attention_heads))
+    sums = {prompt.name: torch.zeros(model.num_layers, model.num_heads)
             for prompt in prompts}
     count = 0
     for split in splits.values():

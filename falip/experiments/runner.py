@@ -30,6 +30,7 @@ from ..errors import ConfigError, DatasetError
 from ..geometry import Region
 from ..io import atomic_write_text, cache_root, drop_torn_tail, open_for_append, output_error
 from ..model.clip import FoveatedCLIP
+from ..model.steering import EXACT, ExecutionPlan
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
 from ..tasks import TASKS
@@ -46,20 +47,24 @@ from .settings import check_run_settings
 
 @dataclass(frozen=True)
 class LoopOptions:
-    """The ``run.*`` settings that shape the loop (not what it computes, except ``skip_bad_samples``)."""
+    """The ``run.*`` settings that shape the loop (not what it computes, except ``skip_bad_samples`` and the
+    opt-in approximate ``plan.cls_stream``)."""
 
     batch_size: int = DEFAULT_BATCH_SIZE
     num_workers: int = 0
     prefetch_images: int = 64
     skip_bad_samples: bool = False
     progress: bool = True
+    plan: ExecutionPlan = EXACT
 
     @classmethod
     def from_config(cls, run_cfg: Mapping[str, Any]) -> "LoopOptions":
         return cls(batch_size=int(run_cfg.get("batch_size", DEFAULT_BATCH_SIZE)), num_workers=int(run_cfg.get("num_workers", 0)),
                    prefetch_images=int(run_cfg.get("prefetch_images", 64)),
                    skip_bad_samples=bool(run_cfg.get("skip_bad_samples", False)),
-                   progress=bool(run_cfg.get("progress", True)))
+                   progress=bool(run_cfg.get("progress", True)),
+                   plan=ExecutionPlan(trims=bool(run_cfg.get("trims", True)),
+                                      cls_stream=bool(run_cfg.get("cls_stream", False))))
 
 
 @dataclass
@@ -227,7 +232,7 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
                 model, [items[index] for index in todo], [regions[index] for index in todo], prompts,
                 resize=task.resize, batch_size=options.batch_size, num_workers=options.num_workers,
                 prefetch_images=options.prefetch_images, progress=options.progress and ranks.is_main, desc=desc or where,
-                counts=counts):
+                counts=counts, plan=options.plan):
             index, skip = todo[position], None
             if isinstance(outcome, str):
                 if not options.skip_bad_samples:
@@ -290,11 +295,8 @@ def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], ranks: 
     device = run_cfg.get("device", "auto")
     if ranks.world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
         device = f"cuda:{ranks.local_rank}"
-    model = FoveatedCLIP.from_pretrained(source, device=device, dtype=run_cfg.get("dtype", "float32"),
-                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
-    model.trims = bool(run_cfg.get("trims", True))
-    model.cls_stream = bool(run_cfg.get("cls_stream", False))
-    return model
+    return FoveatedCLIP.from_pretrained(source, device=device, dtype=run_cfg.get("dtype", "float32"),
+                                        attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
 
 
 class RunInterrupted(KeyboardInterrupt):

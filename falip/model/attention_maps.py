@@ -1,8 +1,8 @@
-"""What [CLS] attends to: its attention over the patch tokens in one layer, or rolled out over all layers.
+"""What the pooled row ([CLS]) attends to: its attention over the patch tokens in one layer, or rolled out.
 
-The attention probabilities are recomputed from the ``q`` and ``k`` each layer really used (captured by
-hooks during the forward, the bias of that layer added), so the map is the one the model computed,
-for any attention implementation (sdpa does not return its weights).
+The attention probabilities are recomputed from the ``q`` and ``k`` each layer really used (captured at
+the tower's hook sites during the forward, the bias of that layer added), so the map is the one the
+model computed, for any attention implementation (sdpa does not return its weights).
 """
 from __future__ import annotations
 
@@ -11,26 +11,28 @@ from typing import Sequence
 import torch
 
 from .clip import FoveatedCLIP
-from .interventions import capture
+from .steering import FULL_ROWS, bias_as_mask
+from .tower import capture
 
 
 def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
                             bias_layers: Sequence[int] | None = None) -> list[torch.Tensor]:
     """Per layer, the attention probabilities ``(B, H, T, T)`` of the (biased) forward."""
-    layers = model.clip.vision_model.encoder.layers
-    biased = model._layer_set(bias_layers) if attention_bias is not None else set()
-    with torch.inference_mode(), model.full_rows(), capture(dict(enumerate(layers)), ("q", "k")) as store:
-        model.encode_image(pixel_values, attention_bias, bias_layers)
+    tower = model.tower
+    layers = list(range(model.num_layers))
+    biased = model.biased_layers(bias_layers) if attention_bias is not None else set()
+    with torch.inference_mode(), capture(tower, layers, ("q", "k")) as store:
+        model.encode_image(pixel_values, attention_bias, bias_layers, plan=FULL_ROWS)
         mask = None
         if attention_bias is not None:
-            mask = model._bias_as_mask(attention_bias, pixel_values.shape[0], torch.float32)
+            mask = bias_as_mask(tower, attention_bias, pixel_values.shape[0], torch.float32, model.device)
         out = []
-        for index, layer in enumerate(layers):
-            attention = layer.self_attn
+        for index in layers:
             q, k = store[(index, "q")].float(), store[(index, "k")].float()
             batch, tokens, _ = q.shape
-            shape = (batch, tokens, attention.num_heads, attention.head_dim)
-            logits = q.view(shape).transpose(1, 2) @ k.view(shape).transpose(1, 2).transpose(-1, -2) * attention.scale
+            shape = (batch, tokens, tower.num_heads, tower.head_dim)
+            logits = (q.view(shape).transpose(1, 2) @ k.view(shape).transpose(1, 2).transpose(-1, -2)
+                      * tower.attention_scale(index))
             if mask is not None and index in biased:
                 logits = logits + mask
             out.append(torch.softmax(logits, dim=-1))
@@ -39,18 +41,20 @@ def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, att
 
 def cls_attention_map(model: FoveatedCLIP, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
                       bias_layers: Sequence[int] | None = None, layer: int | str = -1) -> torch.Tensor:
-    """``(B, grid, grid)``: [CLS]'s attention to each patch, mean over heads, in ``layer`` (an index) or
-    ``"rollout"`` (Abnar & Zuidema 2020: per layer the head-mean attention plus the identity, rows
+    """``(B, grid, grid)``: the pooled row's attention to each patch, mean over heads, in ``layer`` (an index)
+    or ``"rollout"`` (Abnar & Zuidema 2020: per layer the head-mean attention plus the identity, rows
     renormalised, multiplied through the layers)."""
+    tower = model.tower
     probabilities = attention_probabilities(model, pixel_values, attention_bias, bias_layers)
+    pooled, patches = tower.pooled_rows.start, tower.patch_rows
     if layer == "rollout":
         tokens = probabilities[0].shape[-1]
         rollout = torch.eye(tokens).expand(probabilities[0].shape[0], -1, -1)
         for layer_probabilities in probabilities:
             mixed = layer_probabilities.mean(1) + torch.eye(tokens)
             rollout = (mixed / mixed.sum(-1, keepdim=True)) @ rollout
-        row = rollout[:, 0, 1:]
+        row = rollout[:, pooled, patches]
     else:
-        row = probabilities[int(layer)].mean(1)[:, 0, 1:]
+        row = probabilities[int(layer)].mean(1)[:, pooled, patches]
     grid = model.grid_size
     return row.reshape(-1, grid, grid)

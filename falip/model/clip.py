@@ -1,10 +1,11 @@
-"""FoveatedCLIP: any HuggingFace ``transformers`` CLIP checkpoint, with an attention bias per call.
+"""FoveatedCLIP: any HuggingFace ``transformers`` CLIP checkpoint, with steering per call.
 
-The bias is an argument of :meth:`FoveatedCLIP.encode_image`, never state on the model: the vision
-tower is run layer by layer and each chosen ``CLIPEncoderLayer`` receives the bias as its
-``attention_mask`` -- the additive-mask extension point that both the ``eager`` and ``sdpa``
-attention implementations of ``transformers`` add to the logits before the softmax. Without a bias
-the call is ``CLIPModel.get_image_features`` itself, so it is plain CLIP bit for bit.
+The vision side is a :class:`~falip.model.tower.VisionTower` (:class:`~falip.model.hf_clip.HFCLIPTower`
+for HF CLIP); a call's steering (:class:`~falip.model.steering.Steering`: the attention bias and its
+layers, an intervention, a reference stream, ROA tokens) and its execution plan
+(:class:`~falip.model.steering.ExecutionPlan`: exact trims, the opt-in ``cls_stream``) are arguments of
+:meth:`FoveatedCLIP.encode_image`, never state on the model. Without steering the call is the library's
+own image features (``CLIPModel.get_image_features``), so it is plain CLIP bit for bit.
 """
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ from torch import nn
 from ..errors import FalipError
 from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
-from .interventions import Intervention, capture, hooks, resolve_layers
+from .hf_clip import HFCLIPText, HFCLIPTower
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
-from .trimmed import CLS, cls_stream_layer, layer_rows, shared_first_biased_layer
+from .steering import EXACT, ExecutionPlan, PlanUsed, Steering, encode_steered, layer_set
 
-BIAS_ATTN_IMPLEMENTATIONS = ("eager", "sdpa")
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
 
@@ -108,23 +108,17 @@ class FoveatedCLIP(nn.Module):
                  source: str | None = None):
         super().__init__()
         self.clip = clip_model
+        self.tower = HFCLIPTower(clip_model)
+        self.text = HFCLIPText(clip_model)
         self.tokenizer = tokenizer
         config = image_processor if isinstance(image_processor, dict) else (
             vars(image_processor) if image_processor is not None else {})
-        vision = clip_model.config.vision_config
         self.preprocessor = ImagePreprocessor(
-            image_size=int(vision.image_size), patch_size=int(vision.patch_size),
+            image_size=self.tower.image_size, patch_size=self.tower.patch_size,
             image_mean=tuple(float(v) for v in (config.get("image_mean") or OPENAI_CLIP_MEAN)),
             image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)))
         self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
-        self.num_layers = int(vision.num_hidden_layers)
-        # Exact trims of biased forwards (falip/model/trimmed.py): on by default; False runs every row of
-        # every layer (the reference the trims are tested against). last_trims: what the last call used.
-        self.trims = True
-        self.last_trims: dict[str, bool] = {}
-        # Opt-in APPROXIMATE mode (run.cls_stream): for [CLS]-row biases over shared pixels, the biased
-        # layers recompute only [CLS] per region over the image's unbiased patch tokens. Never a default.
-        self.cls_stream = False
+        self.num_layers = self.tower.num_layers
 
     # ------------------------------------------------------------------ loading
     @classmethod
@@ -192,41 +186,35 @@ class FoveatedCLIP(nn.Module):
 
     @property
     def num_tokens(self) -> int:
-        """Tokens of the vision transformer: patches + [CLS]."""
-        return self.preprocessor.num_tokens
+        """Tokens of the vision transformer: patches + the pooled row(s) ([CLS])."""
+        return self.tower.num_tokens
+
+    @property
+    def num_heads(self) -> int:
+        return self.tower.num_heads
 
     @property
     def device(self) -> torch.device:
-        return self.clip.logit_scale.device
+        return self.text.logit_scale.device
 
     @property
     def dtype(self) -> torch.dtype:
-        return self.clip.visual_projection.weight.dtype
+        return self.tower.dtype
 
     @property
     def foveal_alpha(self) -> float:
         """This checkpoint's default foveal alpha: ``foveal_alpha`` in its config.json if it has one (the
         sandbox CLIP: 8.0), else the paper's 0.2 (chosen for OpenAI's ViT-B/16)."""
-        value = getattr(self.clip.config, "foveal_alpha", None)
+        value = self.text.config_value("foveal_alpha")
         return float(value) if value is not None else DEFAULT_ALPHA
 
     @property
     def logit_scale(self) -> float:
-        return float(self.clip.logit_scale.detach().float().exp())
+        return float(self.text.logit_scale.detach().float().exp())
 
     @property
     def attn_implementation(self) -> str:
-        return self.clip.config.vision_config._attn_implementation or "eager"
-
-    @contextlib.contextmanager
-    def full_rows(self):
-        """Within the block, every layer computes every row (no trims): for hooks that read a layer's
-        inner tensors (attention maps, per-head contributions)."""
-        previous, self.trims = self.trims, False
-        try:
-            yield self
-        finally:
-            self.trims = previous
+        return self.tower.attn_implementation
 
     # ------------------------------------------------------------------ images
     def geometry(self, image_width: int, image_height: int, resize: str = "squash") -> ResizeGeometry:
@@ -241,45 +229,16 @@ class FoveatedCLIP(nn.Module):
         """
         return self.preprocessor(images, resize).to(self.device)
 
-    def _layer_set(self, bias_layers: Sequence[int] | None) -> set[int]:
-        if bias_layers is None:
-            return set(range(self.num_layers))
-        chosen = set()
-        for layer in bias_layers:
-            if not -self.num_layers <= int(layer) < self.num_layers:
-                raise ValueError(f"bias layer {layer} does not exist: the vision tower has "
-                                 f"{self.num_layers} layers (valid: {-self.num_layers}..{self.num_layers - 1})")
-            chosen.add(int(layer) % self.num_layers)
-        return chosen
-
-    def _bias_as_mask(self, attention_bias: torch.Tensor, batch: int, dtype: torch.dtype) -> torch.Tensor:
-        tokens = self.num_tokens
-        if attention_bias.shape[-2:] != (tokens, tokens):
-            raise ValueError(f"attention_bias must end in ({tokens}, {tokens}) for this model "
-                             f"({self.grid_size}x{self.grid_size} patches + [CLS]), got {tuple(attention_bias.shape)}")
-        if attention_bias.dim() == 2:
-            mask = attention_bias[None, None]
-        elif attention_bias.dim() == 3:
-            mask = attention_bias[:, None]
-        elif attention_bias.dim() == 4:
-            mask = attention_bias
-        else:
-            raise ValueError(f"attention_bias must be (T,T), (B,T,T) or (B,heads,T,T), got {tuple(attention_bias.shape)}")
-        if mask.shape[0] not in (1, batch):
-            raise ValueError(f"attention_bias has batch {mask.shape[0]} but pixel_values has batch {batch}")
-        return mask.to(device=self.device, dtype=dtype)
-
     def encode_image(
         self,
         pixel_values: torch.Tensor,
         attention_bias: torch.Tensor | None = None,
         bias_layers: Sequence[int] | None = None,
         image_index: torch.Tensor | Sequence[int] | None = None,
+        *,
+        steering: Steering | None = None,
+        plan: ExecutionPlan = EXACT,
         requires_grad: bool = False,
-        intervention: Intervention | None = None,
-        reference_pixels: torch.Tensor | None = None,
-        reference_index: torch.Tensor | Sequence[int] | None = None,
-        roa_tokens: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """L2-normalised projected image embeddings ``(B, D)``, computed under ``torch.inference_mode``
         unless ``requires_grad=True`` (then autograd records the call, e.g. for attribution maps).
@@ -288,114 +247,38 @@ class FoveatedCLIP(nn.Module):
         :attr:`num_tokens`, is added to the attention logits of every head in the vision layers
         ``bias_layers`` (``None`` = all; negative indices count from the end, e.g. ``[-4, -3, -2, -1]``
         = the released FALIP code's last 4 of 12) for this call only. It is cast to the activation dtype.
+        ``steering`` (:class:`~falip.model.steering.Steering`) carries the same bias plus an attention
+        intervention, its reference stream and the rows' ROA tokens (give the bias one way, not both).
 
         ``image_index`` (``B`` ints) says which row of ``pixel_values`` each output row reads, so that
         the K regions of one image pass its pixels once: the patch embedding and every layer before
-        the first biased one see no bias, hence are the same for all K rows and run once per image
-        (for the released protocol's last 4 of 12 layers, 8 layers once per image instead of once per
-        region). Only the rounding of the batched matrix products can differ from passing the
-        expanded pixels.
+        the first steered one see no steering, hence are the same for all K rows and run once per image.
+        Only the rounding of the batched matrix products can differ from passing the expanded pixels.
 
-        ``intervention`` (:mod:`falip.model.interventions`) acts inside the attention of its layers
-        for this call only. Two-stream interventions read a reference stream: ``reference_pixels``
-        (the unedited image, one row per image, ``reference_index`` mapping rows to it) or, when not
-        given, ``pixel_values`` themselves run without the bias. ``roa_tokens`` ``(B, T)`` bool marks
-        each row's [CLS] + ROA tokens (for ``feature_mask``).
+        ``plan`` (:class:`~falip.model.steering.ExecutionPlan`): the exact trims (default) or every row of
+        every layer (``FULL_ROWS``), and the opt-in approximate ``cls_stream``.
         """
+        return self.encode_image_with_plan(pixel_values, attention_bias, bias_layers, image_index, steering=steering,
+                                           plan=plan, requires_grad=requires_grad)[0]
+
+    def encode_image_with_plan(self, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
+                               bias_layers: Sequence[int] | None = None,
+                               image_index: torch.Tensor | Sequence[int] | None = None, *,
+                               steering: Steering | None = None, plan: ExecutionPlan = EXACT,
+                               requires_grad: bool = False) -> tuple[torch.Tensor, PlanUsed | None]:
+        """:meth:`encode_image` and the trims the call used (``None`` for an unsteered call)."""
+        if steering is None:
+            steering = Steering(bias=attention_bias, bias_layers=bias_layers)
+        elif attention_bias is not None or bias_layers is not None:
+            raise ValueError("give the bias either as attention_bias/bias_layers or inside steering, not both")
         with _autograd(requires_grad):
-            return self._encode_image(pixel_values, attention_bias, bias_layers, image_index, intervention,
-                                      reference_pixels, reference_index, roa_tokens)
+            pixels = pixel_values.to(device=self.device, dtype=self.dtype)
+            features, used = encode_steered(self.tower, pixels, steering, image_index, plan)
+            return features / features.norm(dim=-1, keepdim=True), used
 
-    def _encode_image(self, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None,
-                      bias_layers: Sequence[int] | None, image_index, intervention: Intervention | None = None,
-                      reference_pixels: torch.Tensor | None = None, reference_index=None,
-                      roa_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        pixel_values = pixel_values.to(device=self.device, dtype=self.dtype)
-        index = self._image_index(image_index, pixel_values.shape[0])
-        rows = pixel_values.shape[0] if index is None else index.shape[0]
-        if attention_bias is None and intervention is None:
-            features = self.clip.get_image_features(pixel_values=pixel_values).pooler_output
-            features = features / features.norm(dim=-1, keepdim=True)
-            return features if index is None else features[index]
-        if self.attn_implementation not in BIAS_ATTN_IMPLEMENTATIONS:
-            raise ValueError(f"an attention bias needs attn_implementation in {BIAS_ATTN_IMPLEMENTATIONS}; "
-                             f"this model uses {self.attn_implementation!r}")
-        biased = self._layer_set(bias_layers) if attention_bias is not None else set()
-        acted = set(resolve_layers(intervention.layers, self.num_layers)) if intervention is not None else set()
-        encoder_layers = self.clip.vision_model.encoder.layers
-        registrations = []
-        if intervention is not None:
-            one_pass = reference_pixels is None  # same pixels as the reference (a bias-only prompt)
-            needed = intervention.references(one_pass)
-            reference, row_index = {}, None
-            if needed:
-                source = pixel_values if one_pass else reference_pixels.to(device=self.device, dtype=self.dtype)
-                source_index = index if one_pass else self._image_index(reference_index, source.shape[0])
-                with capture({i: encoder_layers[i] for i in acted}, needed) as store:
-                    self._run_layers(source, None, set(), None)
-                reference, row_index = dict(store), source_index
-            registrations = intervention.registrations({i: encoder_layers[i] for i in acted}, reference, row_index,
-                                                       None if roa_tokens is None else roa_tokens.to(self.device))
-        mask = self._bias_as_mask(attention_bias, rows, self.dtype) if attention_bias is not None else None
-        with hooks(registrations):
-            return self._run_layers(pixel_values, mask, biased, index, first=min(biased | acted, default=self.num_layers),
-                                    trim=self.trims and intervention is None)
-
-    def _run_layers(self, pixel_values: torch.Tensor, mask: torch.Tensor | None, biased: set[int],
-                    index: torch.Tensor | None, first: int | None = None, trim: bool = False) -> torch.Tensor:
-        """The vision tower layer by layer: ``mask`` added in the ``biased`` layers; rows gathered by
-        ``index`` before layer ``first`` (the first layer where rows of one image differ).
-
-        With ``trim`` (:attr:`trims`), the exact trims of :mod:`falip.model.trimmed`: the last layer
-        computes the ``[CLS]`` row only, and when the mask touches only the ``[CLS]`` query row, the
-        first biased layer computes its patch rows once per image (``index``). With :attr:`cls_stream`
-        (approximate, opt-in) the same case runs :func:`falip.model.trimmed.cls_stream_layer` in every
-        layer from the first biased one."""
-        vision = self.clip.vision_model
-        first = min(biased, default=self.num_layers) if first is None else first
-        last = self.num_layers - 1
-        share_first = (trim and index is not None and mask is not None and first in biased
-                       and not bool(mask[..., 1:, :].count_nonzero()))
-        stream = share_first and self.cls_stream
-        self.last_trims = {"cls_only_last_layer": trim, "shared_first_biased_layer": share_first, "cls_stream": stream}
-        hidden = vision.pre_layrnorm(vision.embeddings(pixel_values))
-        if stream:  # approximate: from the first biased layer on, only [CLS] is recomputed per region
-            layers = vision.encoder.layers
-            for position in range(first):
-                hidden = layers[position](hidden, None)
-            cls = hidden[index][:, :1]
-            for position in range(first, self.num_layers):
-                cls = cls_stream_layer(layers[position], hidden, cls, mask if position in biased else None, index)
-                if position < last:
-                    hidden = layers[position](hidden, None)
-            features = self.clip.visual_projection(vision.post_layernorm(cls[:, 0]))
-            return features / features.norm(dim=-1, keepdim=True)
-        for position, layer in enumerate(vision.encoder.layers):
-            layer_mask = mask if position in biased else None
-            if position == first and share_first:
-                hidden = shared_first_biased_layer(layer, hidden, layer_mask, index, last=position == last)
-                continue
-            if position == first and index is not None:
-                hidden = hidden[index]  # from here on each region has its own bias / intervention
-            if trim and position == last:
-                hidden = layer_rows(layer, hidden, layer_mask, CLS)
-            else:
-                hidden = layer(hidden, layer_mask)
-        if first == self.num_layers and index is not None:
-            hidden = hidden[index]
-        features = self.clip.visual_projection(vision.post_layernorm(hidden[:, 0]))
-        return features / features.norm(dim=-1, keepdim=True)
-
-    def _image_index(self, image_index: torch.Tensor | Sequence[int] | None, num_images: int) -> torch.Tensor | None:
-        if image_index is None:
-            return None
-        index = torch.as_tensor(image_index, dtype=torch.long)
-        if index.dim() != 1 or index.numel() == 0:
-            raise ValueError(f"image_index must be a non-empty 1-D sequence of row numbers, got shape {tuple(index.shape)}")
-        if int(index.min()) < 0 or int(index.max()) >= num_images:
-            raise ValueError(f"image_index must lie in 0..{num_images - 1} (the rows of pixel_values), "
-                             f"got {int(index.min())}..{int(index.max())}")
-        return index.to(self.device)
+    def biased_layers(self, bias_layers: Sequence[int] | None) -> set[int]:
+        """``bias_layers`` as non-negative layer indices of this tower (``None`` = all)."""
+        return layer_set(bias_layers, self.num_layers)
 
     # ------------------------------------------------------------------ text
     def encode_text(self, texts: Sequence[str], batch_size: int = 256, requires_grad: bool = False) -> torch.Tensor:
@@ -407,7 +290,7 @@ class FoveatedCLIP(nn.Module):
     @property
     def text_context(self) -> int:
         """The text encoder's context in tokens (longer texts are truncated to it)."""
-        return int(self.clip.config.text_config.max_position_embeddings)
+        return self.text.context
 
     def text_token_counts(self, texts: Sequence[str]) -> list[int]:
         """How many tokens each text has before truncation (``> text_context``: it will be cut)."""
@@ -425,9 +308,8 @@ class FoveatedCLIP(nn.Module):
         for start in range(0, len(texts), batch_size):
             tokens = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
                                     max_length=max_length, return_tensors="pt")
-            features = self.clip.get_text_features(input_ids=tokens["input_ids"].to(self.device),
-                                                   attention_mask=tokens["attention_mask"].to(self.device)).pooler_output
+            features = self.text.features(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
             chunks.append(features / features.norm(dim=-1, keepdim=True))
         if not chunks:
-            return torch.empty(0, int(self.clip.config.projection_dim), device=self.device, dtype=self.dtype)
+            return torch.empty(0, self.text.width, device=self.device, dtype=self.dtype)
         return torch.cat(chunks)

@@ -1,19 +1,20 @@
 """Attention interventions: what a visual prompt does inside CLIP's attention besides an additive bias.
 
 Each intervention is data (a frozen dataclass: which layers, which heads) plus the hooks that carry
-it out for one forward call, installed on the ``q_proj`` / ``k_proj`` / ``v_proj`` outputs and the
-``out_proj`` input of ``transformers``' ``CLIPAttention`` and removed when the call ends (the
-TransformerLens ``run_with_hooks`` discipline): no copy of CLIP's modeling code, and the next plain
-call is plain CLIP. Semantics inferred from the paper (docs/method.md says which):
+it out for one forward call, at the tower's named sites (:mod:`falip.model.tower`: ``q``, ``k``, ``v``,
+``z`` = the heads' outputs before the output projection, ``resid_pre``), installed for the call and
+removed when it ends (the TransformerLens ``run_with_hooks`` discipline): no copy of any modeling code,
+and the next plain call is the plain backbone. Semantics inferred from the paper (docs/method.md says
+which):
 
 * :class:`ReplaceValues` (``replace_v``) -- the prompted stream (edited image and/or bias) uses the
   reference stream's (unedited image, no bias) values ``v`` in the chosen layers;
   :class:`ReplaceQueriesKeys` (``replace_qk``) likewise for ``q`` and ``k``.
-* :class:`Unleash` (``unleash``) -- in the chosen layers the ``[CLS]`` attention output becomes
-  ``sum_h (2 G'_h - G_h)`` (G' prompted, G reference): each chosen head's ``[CLS]`` output ``z'_h``
-  becomes ``2 z'_h - z_h`` before the output projection (linear, so this is exactly the sum above
-  plus the projection's bias). For a bias-only prompt (same pixels) ``z_h`` comes from the same
-  pass: row 0 of the attention recomputed without the bias on the same ``q, k, v`` (one pass).
+* :class:`Unleash` (``unleash``) -- in the chosen layers the pooled row's (``[CLS]``) attention output
+  becomes ``sum_h (2 G'_h - G_h)`` (G' prompted, G reference): each chosen head's pooled-row output
+  ``z'_h`` becomes ``2 z'_h - z_h`` before the output projection (linear, so this is exactly the sum
+  above plus the projection's bias). For a bias-only prompt (same pixels) ``z_h`` comes from the same
+  pass: the pooled row of the attention recomputed without the bias on the same ``q, k, v`` (one pass).
 * :class:`FeatureMask` (``feature_mask``) -- the hidden states of the patch tokens outside the ROA
   are zeroed at the input of the chosen layers (the hard ``-inf`` attention variant is the
   ``roa_mask`` bias).
@@ -22,13 +23,11 @@ Reference-stream tensors are captured by :func:`capture` and handed to the promp
 """
 from __future__ import annotations
 
-import contextlib
 import csv
 from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Iterator, Sequence
+from typing import Any, ClassVar, Sequence
 
 import torch
-from torch import nn
 
 
 def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
@@ -43,42 +42,6 @@ def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
     return sorted(chosen)
 
 
-@contextlib.contextmanager
-def hooks(registrations: Sequence[tuple[nn.Module, str, Any]]) -> Iterator[None]:
-    """Install ``(module, "forward" | "forward_pre", fn)`` hooks for the block, always removing them."""
-    handles = []
-    try:
-        for module, kind, fn in registrations:
-            register = module.register_forward_pre_hook if kind == "forward_pre" else module.register_forward_hook
-            handles.append(register(fn))
-        yield
-    finally:
-        for handle in handles:
-            handle.remove()
-
-
-@contextlib.contextmanager
-def capture(layers: dict[int, nn.Module], what: Sequence[str]) -> Iterator[dict[tuple[int, str], torch.Tensor]]:
-    """Record, per layer in ``layers`` (index -> ``CLIPEncoderLayer``), the tensors named in ``what``:
-    ``q``, ``k``, ``v`` (projection outputs, ``(B, T, H*d)``) and ``z`` (the heads' outputs, the
-    ``out_proj`` input, ``(B, T, H*d)``)."""
-    store: dict[tuple[int, str], torch.Tensor] = {}
-    registrations = []
-    for index, layer in layers.items():
-        attention = layer.self_attn
-        for name in what:
-            if name == "z":
-                registrations.append((attention.out_proj, "forward_pre",
-                                      lambda module, args, index=index: store.__setitem__((index, "z"), args[0])))
-            else:
-                projection = getattr(attention, f"{name}_proj")
-                registrations.append((projection, "forward",
-                                      lambda module, args, out, index=index, name=name:
-                                      store.__setitem__((index, name), out)))
-    with hooks(registrations):
-        yield store
-
-
 class Intervention:
     """Base class: ``layers`` to act on; ``references``: reference-stream tensors the hooks need."""
 
@@ -89,11 +52,11 @@ class Intervention:
         """Names of the reference tensors to capture (empty: no reference stream)."""
         return ()
 
-    def registrations(self, layers: dict[int, nn.Module], reference: dict, row_index: torch.Tensor | None,
-                      roa_tokens: torch.Tensor | None) -> list[tuple[nn.Module, str, Any]]:
-        """The hooks for one forward: ``layers`` (index -> ``CLIPEncoderLayer``) to act on, the captured
-        ``reference`` tensors, which reference row each forward row reads (``row_index``), and the
-        rows' ROA tokens ``(B, T)`` bool ([CLS] included)."""
+    def hooks(self, tower: Any, layers: Sequence[int], reference: dict, row_index: torch.Tensor | None,
+              roa_tokens: torch.Tensor | None) -> list[tuple[int, str, Any]]:
+        """The ``(layer, site, fn)`` hooks for one forward on ``tower``: the ``layers`` to act on, the captured
+        ``reference`` tensors (``{(layer, site): tensor}``), which reference row each forward row reads
+        (``row_index``), and the rows' ROA tokens ``(B, T)`` bool (pooled rows included)."""
         raise NotImplementedError
 
     def config(self) -> dict[str, Any]:
@@ -119,15 +82,9 @@ class ReplaceValues(Intervention):
     def references(self, one_pass: bool) -> tuple[str, ...]:
         return self.replaced
 
-    def registrations(self, layers, reference, row_index, roa_tokens):
-        out = []
-        for index, layer in layers.items():
-            attention = layer.self_attn
-            for name in self.replaced:
-                value = _rows(reference[(index, name)], row_index)
-                out.append((getattr(attention, f"{name}_proj"), "forward",
-                            lambda module, args, output, value=value: value.to(output.dtype)))
-        return out
+    def hooks(self, tower, layers, reference, row_index, roa_tokens):
+        return [(index, name, lambda output, value=_rows(reference[(index, name)], row_index): value.to(output.dtype))
+                for index in layers for name in self.replaced]
 
 
 @dataclass(frozen=True)
@@ -174,12 +131,11 @@ class Unleash(Intervention):
     def references(self, one_pass: bool) -> tuple[str, ...]:
         return () if one_pass else ("z",)
 
-    def registrations(self, layers, reference, row_index, roa_tokens):
+    def hooks(self, tower, layers, reference, row_index, roa_tokens):
         out = []
         one_pass = not reference
-        for index, layer in layers.items():
-            attention = layer.self_attn
-            heads, size = attention.num_heads, attention.head_dim
+        heads, size, pooled = tower.num_heads, tower.head_dim, tower.pooled_rows
+        for index in layers:
             chosen = self.heads_of(index, heads)
             if any(not 0 <= h < heads for h in chosen):
                 raise ValueError(f"unleash heads {chosen} do not exist: layers have {heads} heads")
@@ -187,34 +143,35 @@ class Unleash(Intervention):
             seen: dict[str, torch.Tensor] = {}
             if one_pass:  # z_h without the bias, from this pass's own q, k, v
                 for name in ("q", "k", "v"):
-                    out.append((getattr(attention, f"{name}_proj"), "forward",
-                                lambda module, args, output, name=name, seen=seen: seen.__setitem__(name, output)))
+                    out.append((index, name, lambda output, name=name, seen=seen: seen.__setitem__(name, output)))
 
-            def edit(module, args, attention=attention, index=index, seen=seen, columns=columns):
-                z = args[0]
+            def edit(z, index=index, seen=seen, columns=columns):
                 if one_pass:
-                    cls_plain = plain_cls_output(seen["q"], seen["k"], seen["v"], attention.num_heads,
-                                                 attention.head_dim, attention.scale)
+                    plain = plain_pooled_output(seen["q"], seen["k"], seen["v"], heads, size,
+                                                tower.attention_scale(index), pooled)
                 else:
-                    cls_plain = _rows(reference[(index, "z")], row_index)[:, 0]
+                    plain = _rows(reference[(index, "z")], row_index)[:, pooled]
                 z = z.clone()
-                columns_here = columns.to(z.device)
-                z[:, 0, columns_here] = 2 * z[:, 0, columns_here] - cls_plain[:, columns_here].to(z.dtype)
-                return (z,)
+                here = columns.to(z.device)
+                z[:, pooled, here] = 2 * z[:, pooled, here] - plain[:, :, here].to(z.dtype)
+                return z
 
-            out.append((attention.out_proj, "forward_pre", edit))
+            out.append((index, "z", edit))
         return out
 
 
-def plain_cls_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_dim: int,
-                     scale: float) -> torch.Tensor:
-    """The ``[CLS]`` row of multi-head attention without any bias, ``(B, H*d)``, from ``(B, T, H*d)`` q, k, v."""
+def plain_pooled_output(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, heads: int, head_dim: int,
+                        scale: float, pooled: slice) -> torch.Tensor:
+    """The ``pooled`` query rows of multi-head attention without any bias, ``(B, P, H*d)``, from ``(B, T, H*d)``
+    q, k, v."""
     batch, tokens, _ = k.shape
-    query = q[:, 0].reshape(batch, heads, 1, head_dim).float()
+    query = q[:, pooled]
+    count = query.shape[1]
+    query = query.reshape(batch, count, heads, head_dim).transpose(1, 2).float()
     keys = k.reshape(batch, tokens, heads, head_dim).transpose(1, 2).float()
     values = v.reshape(batch, tokens, heads, head_dim).transpose(1, 2).float()
-    weights = torch.softmax((query @ keys.transpose(-1, -2)) * scale, dim=-1)  # (B, H, 1, T)
-    return (weights @ values).reshape(batch, heads * head_dim)
+    weights = torch.softmax((query @ keys.transpose(-1, -2)) * scale, dim=-1)  # (B, H, P, T)
+    return (weights @ values).transpose(1, 2).reshape(batch, count, heads * head_dim)
 
 
 @dataclass(frozen=True)
@@ -225,15 +182,11 @@ class FeatureMask(Intervention):
     name: ClassVar[str] = "feature_mask"
     layers: tuple[int, ...] | None = (-4, -3, -2, -1)
 
-    def registrations(self, layers, reference, row_index, roa_tokens):
+    def hooks(self, tower, layers, reference, row_index, roa_tokens):
         if roa_tokens is None:
             raise ValueError("feature_mask needs the regions' tokens: use it in a prompt with a region")
-        out = []
-        for layer in layers.values():
-            out.append((layer, "forward_pre",
-                        lambda module, args, keep=roa_tokens:
-                        (args[0] * keep[:, :, None].to(device=args[0].device, dtype=args[0].dtype),) + tuple(args[1:])))
-        return out
+        return [(index, "resid_pre", lambda hidden, keep=roa_tokens:
+                 hidden * keep[:, :, None].to(device=hidden.device, dtype=hidden.dtype)) for index in layers]
 
 
 INTERVENTIONS: dict[str, type[Intervention]] = {cls.name: cls for cls in (ReplaceValues, ReplaceQueriesKeys, Unleash,

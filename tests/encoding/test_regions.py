@@ -78,9 +78,10 @@ def test_forwards_run_in_full_batches_across_images(model, monkeypatch):
     calls = []
     encode = model.encode_image
 
-    def spy(pixels, bias=None, layers=None, image_index=None, **kwargs):
-        calls.append((pixels.shape[0], None if bias is None else bias.shape[0], image_index))
-        return encode(pixels, bias, layers, image_index=image_index, **kwargs)
+    def spy(pixels, bias=None, layers=None, image_index=None, steering=None, **kwargs):
+        chosen = steering.bias if steering is not None else bias
+        calls.append((pixels.shape[0], None if chosen is None else chosen.shape[0], image_index))
+        return encode(pixels, bias, layers, image_index=image_index, steering=steering, **kwargs)
 
     monkeypatch.setattr(model, "encode_image", spy)
     encoder = RegionEncoder(model, FALIP, batch_size=4)

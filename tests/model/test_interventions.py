@@ -6,6 +6,7 @@ import torch
 from falip import foveal_attention_bias, head_contributions
 from falip.encoding.regions import encode_regions
 from falip.model.interventions import FeatureMask, ReplaceQueriesKeys, ReplaceValues, Unleash
+from falip.model.steering import Steering
 from falip.prompts import ORIGINAL_CLIP, FovealBias, RedCircle, VisualPrompt
 from falip.prompts.prompt import PastaBias, RoaMaskBias
 
@@ -67,7 +68,7 @@ def test_one_pass_unleash_equals_the_hand_written_definition(tiny_clip_each_atte
     model = tiny_clip_each_attention
     bias = foveal_attention_bias(BOXES, 32, 8, alpha=3.0)
     for heads in (None, (0, 2)):
-        got = model.encode_image(pixels, bias, [-2, -1], intervention=Unleash(layers=(-2, -1), heads=heads))
+        got = model.encode_image(pixels, steering=Steering(bias=bias, bias_layers=[-2, -1], intervention=Unleash(layers=(-2, -1), heads=heads)))
         with torch.no_grad():
             expected = manual_forward(model, pixels, bias, (2, 3), unleash_layers=(2, 3), heads=heads)
         assert torch.allclose(got, expected, atol=1e-5), heads
@@ -78,27 +79,25 @@ def test_one_pass_unleash_equals_the_hand_written_definition(tiny_clip_each_atte
 def test_two_pass_unleash_reads_the_unedited_images_heads(tiny_clip, pixels):
     """With a reference image, z comes from that image's own forward: a reference equal to the prompted
     pixels and no bias gives z' = z, so 2 z' - z = z' and the embedding is plain CLIP's."""
-    same = tiny_clip.encode_image(pixels, intervention=Unleash(), reference_pixels=pixels, reference_index=[0, 1, 2])
+    same = tiny_clip.encode_image(pixels, steering=Steering(intervention=Unleash(), reference_pixels=pixels, reference_index=[0, 1, 2]))
     assert torch.allclose(same, tiny_clip.encode_image(pixels), atol=1e-6)
     other = torch.flip(pixels, dims=[-1])
-    moved = tiny_clip.encode_image(pixels, intervention=Unleash(), reference_pixels=other, reference_index=[0, 1, 2])
+    moved = tiny_clip.encode_image(pixels, steering=Steering(intervention=Unleash(), reference_pixels=other, reference_index=[0, 1, 2]))
     assert not torch.allclose(moved, tiny_clip.encode_image(pixels), atol=1e-4)
 
 
 @pytest.mark.parametrize("intervention", [ReplaceValues(), ReplaceQueriesKeys(), ReplaceValues(layers=None)])
 def test_replacing_with_the_unedited_images_own_tensors_is_plain_clip(tiny_clip, pixels, intervention):
     plain = tiny_clip.encode_image(pixels)
-    same = tiny_clip.encode_image(pixels, intervention=intervention, reference_pixels=pixels, reference_index=[0, 1, 2])
+    same = tiny_clip.encode_image(pixels, steering=Steering(intervention=intervention, reference_pixels=pixels, reference_index=[0, 1, 2]))
     assert torch.allclose(same, plain, atol=1e-6)
-    edited = tiny_clip.encode_image(pixels + 0.5, intervention=intervention, reference_pixels=pixels,
-                                    reference_index=[0, 1, 2])
+    edited = tiny_clip.encode_image(pixels + 0.5, steering=Steering(intervention=intervention, reference_pixels=pixels, reference_index=[0, 1, 2]))
     assert not torch.allclose(edited, tiny_clip.encode_image(pixels + 0.5), atol=1e-4)
 
 
 def test_replace_v_matches_a_hand_written_two_stream_forward(tiny_clip, pixels):
     edited = pixels + 0.5
-    got = tiny_clip.encode_image(edited, intervention=ReplaceValues(layers=(-1,)), reference_pixels=pixels,
-                                 reference_index=[0, 1, 2])
+    got = tiny_clip.encode_image(edited, steering=Steering(intervention=ReplaceValues(layers=(-1,)), reference_pixels=pixels, reference_index=[0, 1, 2]))
     vision = tiny_clip.clip.vision_model
     with torch.no_grad():
         reference = vision.pre_layrnorm(vision.embeddings(pixels))
@@ -133,11 +132,11 @@ def test_pasta_with_alpha_one_is_plain_clip_and_steers_otherwise(tiny_clip):
 
 def test_feature_mask_and_roa_mask_match_their_definitions(tiny_clip, pixels):
     everything = torch.ones(3, 17, dtype=torch.bool)
-    assert torch.allclose(tiny_clip.encode_image(pixels, intervention=FeatureMask(), roa_tokens=everything),
+    assert torch.allclose(tiny_clip.encode_image(pixels, steering=Steering(intervention=FeatureMask(), roa_tokens=everything)),
                           tiny_clip.encode_image(pixels), atol=1e-6)
     keep = torch.zeros(3, 17, dtype=torch.bool)
     keep[:, :5] = True
-    masked = tiny_clip.encode_image(pixels, intervention=FeatureMask(layers=(-1,)), roa_tokens=keep)
+    masked = tiny_clip.encode_image(pixels, steering=Steering(intervention=FeatureMask(layers=(-1,)), roa_tokens=keep))
     vision = tiny_clip.clip.vision_model
     with torch.no_grad():
         hidden = vision.pre_layrnorm(vision.embeddings(pixels))
@@ -153,9 +152,9 @@ def test_feature_mask_and_roa_mask_match_their_definitions(tiny_clip, pixels):
 def test_every_intervention_leaves_the_next_plain_call_unchanged(tiny_clip, pixels):
     plain = tiny_clip.encode_image(pixels)
     bias = foveal_attention_bias(BOXES, 32, 8, alpha=3.0)
-    tiny_clip.encode_image(pixels, bias, intervention=Unleash())
-    tiny_clip.encode_image(pixels, intervention=ReplaceValues(), reference_pixels=pixels + 1, reference_index=[0, 1, 2])
-    tiny_clip.encode_image(pixels, intervention=FeatureMask(), roa_tokens=torch.ones(3, 17, dtype=torch.bool))
+    tiny_clip.encode_image(pixels, steering=Steering(bias=bias, intervention=Unleash()))
+    tiny_clip.encode_image(pixels, steering=Steering(intervention=ReplaceValues(), reference_pixels=pixels + 1, reference_index=[0, 1, 2]))
+    tiny_clip.encode_image(pixels, steering=Steering(intervention=FeatureMask(), roa_tokens=torch.ones(3, 17, dtype=torch.bool)))
     head_contributions(tiny_clip, pixels)
     assert torch.equal(tiny_clip.encode_image(pixels), plain)
     assert all(not layer.self_attn.out_proj._forward_pre_hooks and not layer._forward_pre_hooks
@@ -187,7 +186,7 @@ def test_unleash_on_the_calibrated_top_k_heads(tiny_clip, pixels, tmp_path):
     calibrated = Unleash(layers=(-1,), top_k=2, calibration=str(tmp_path / "sensitivity.csv"))
     assert calibrated.heads_of(3, 4) == [0, 3]  # layer 3: changes 3, 0, 2, 4 -> the two largest: heads 3 and 0
     bias = foveal_attention_bias(BOXES, 32, 8, alpha=3.0)
-    got = tiny_clip.encode_image(pixels, bias, [-1], intervention=calibrated)
+    got = tiny_clip.encode_image(pixels, steering=Steering(bias=bias, bias_layers=[-1], intervention=calibrated))
     with torch.no_grad():
         expected = manual_forward(tiny_clip, pixels, bias, (3,), unleash_layers=(3,), heads=calibrated.heads_of(3, 4))
     assert torch.allclose(got, expected, atol=1e-5)

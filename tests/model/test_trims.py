@@ -1,6 +1,8 @@
-"""The exact trims of a biased forward (falip/model/trimmed.py) against every row of every layer."""
+"""The exact trims of a biased forward (falip/model/steering.py) against every row of every layer."""
 import pytest
 import torch
+
+from falip.model.steering import FULL_ROWS, ExecutionPlan
 
 from falip.model.bias import bias_from_token_weights, foveal_token_weights
 
@@ -22,16 +24,13 @@ def test_trimmed_forward_equals_the_full_forward(tiny_clip_each_attention, layer
     pixels = torch.randn(2 if shared else 5, 3, model.image_size, model.image_size, generator=generator)
     index = [0, 0, 1, 1, 1] if shared else None
     mask = bias(model, formulation)
-    trimmed = model.encode_image(pixels, mask, layers, image_index=index)
-    used = dict(model.last_trims)
-    with model.full_rows():
-        full = model.encode_image(pixels, mask, layers, image_index=index)
-        assert model.last_trims == {"cls_only_last_layer": False, "shared_first_biased_layer": False, "cls_stream": False}
+    trimmed, used = model.encode_image_with_plan(pixels, mask, layers, image_index=index)
+    full, none = model.encode_image_with_plan(pixels, mask, layers, image_index=index, plan=FULL_ROWS)
+    assert not (none.pooled_only_last_layer or none.shared_first_biased_layer or none.cls_stream)
     assert (trimmed - full).abs().max() < 1e-5
-    assert used["cls_only_last_layer"] is True
+    assert used.pooled_only_last_layer is True
     # patch rows of the first biased layer are shared only when the bias touches the [CLS] row alone
-    assert used["shared_first_biased_layer"] is (shared and formulation == "cls")
-    assert model.trims is True
+    assert used.shared_first_biased_layer is (shared and formulation == "cls")
 
 
 def test_trims_leave_plain_clip_and_interventions_alone(tiny_clip):
@@ -49,21 +48,19 @@ def test_cls_stream_is_exact_in_its_first_layer_approximate_after_and_opt_in(tin
     mask = bias(model, "cls")
     exact = {layers: model.encode_image(pixels, mask, list(layers) if layers else None, image_index=index)
              for layers in ((-1,), None)}
-    assert model.last_trims["cls_stream"] is False  # off by default
-    model.cls_stream = True
-    try:
-        last_only = model.encode_image(pixels, mask, [-1], image_index=index)
-        assert model.last_trims["cls_stream"] is True
-        assert (last_only - exact_of(exact, [-1])).abs().max() < 1e-5  # one biased layer = the last: exact
-        every = model.encode_image(pixels, mask, None, image_index=index)
-        cosine = (every * exact_of(exact, None)).sum(-1)
-        assert cosine.min() > 0.5 and (every - exact_of(exact, None)).abs().max() > 1e-4  # an approximation
-        model.encode_image(pixels, bias(model, "all"), None, image_index=index)
-        assert model.last_trims["cls_stream"] is False  # not for biases on other rows
-        model.encode_image(pixels[[0, 0, 1, 1, 1]], mask, None)
-        assert model.last_trims["cls_stream"] is False  # nor without shared pixels
-    finally:
-        model.cls_stream = False
+    _, used = model.encode_image_with_plan(pixels, mask, [-1], image_index=index)
+    assert used.cls_stream is False  # off by default
+    stream = ExecutionPlan(cls_stream=True)
+    last_only, used = model.encode_image_with_plan(pixels, mask, [-1], image_index=index, plan=stream)
+    assert used.cls_stream is True
+    assert (last_only - exact_of(exact, [-1])).abs().max() < 1e-5  # one biased layer = the last: exact
+    every = model.encode_image(pixels, mask, None, image_index=index, plan=stream)
+    cosine = (every * exact_of(exact, None)).sum(-1)
+    assert cosine.min() > 0.5 and (every - exact_of(exact, None)).abs().max() > 1e-4  # an approximation
+    _, used = model.encode_image_with_plan(pixels, bias(model, "all"), None, image_index=index, plan=stream)
+    assert used.cls_stream is False  # not for biases on other rows
+    _, used = model.encode_image_with_plan(pixels[[0, 0, 1, 1, 1]], mask, None, plan=stream)
+    assert used.cls_stream is False  # nor without shared pixels
 
 
 def exact_of(results, layers):
