@@ -7,12 +7,12 @@ BIN := $(VENV)/bin
 RUN := $(BIN)/falip-run
 ARGS ?=
 
-.PHONY: help install run test sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
+.PHONY: help install run test test-slow sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
         rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision train-sandbox clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
-	@echo "make test            the test suite (what CI runs)"
+	@echo "make test            the fast tier of the tests (minutes); make test-slow: the end-to-end tier; CI runs both"
 	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation + shapes_3d -> results/ (ignored by git)"
 	@echo "make sandbox-reference   re-record the committed results/sandbox/ at the current commit"
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
@@ -34,7 +34,9 @@ run: install
 	$(RUN) $(ARGS)
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
 
 shapes-rec: install
 	$(RUN) experiment=shapes_rec $(ARGS)

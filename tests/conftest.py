@@ -51,6 +51,21 @@ def refcoco_root(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="session")
+def classification_layouts(tmp_path_factory):
+    """Sandbox scenes written once per test session in the four official classification layouts: cub/,
+    dogs/, ins/ (ImageNet-S50, every 20th mask without its class), wb/ + wbcub/ (Waterbirds + its CUB)."""
+    from falip.sandbox.classification_layouts import (write_cub_layout, write_imagenet_s_layout,
+                                                      write_stanford_dogs_layout, write_waterbirds_layout)
+
+    root = tmp_path_factory.mktemp("layouts")
+    write_cub_layout(root / "cub", images=40)
+    write_stanford_dogs_layout(root / "dogs", images=40)
+    write_imagenet_s_layout(root / "ins", images=40, empty_mask_every=20)
+    write_waterbirds_layout(root / "wb", root / "wbcub", images=48)
+    return root
+
+
 @pytest.fixture
 def box_jsonl_root(tmp_path):
     """A box-classification dataset (classes.txt + test.jsonl + PNGs): 6 noise images, box i = (2+i, 3, 30, 33),

@@ -30,15 +30,15 @@ def git_state(path: str | Path | None = None) -> dict[str, str | bool | None]:
 _PACKAGE = Path(__file__).resolve().parents[1]
 
 
-@functools.lru_cache(maxsize=1)
-def code_fingerprint() -> str:
+@functools.lru_cache(maxsize=4)
+def code_fingerprint(package: Path = _PACKAGE) -> str:
     """sha256 over the package's source and configs (``falip/**/*.py``, ``falip/**/*.yaml``): changes
-    with any edit of the code that computes the numbers, committed or not."""
+    with any edit of the code that computes the numbers, committed or not. Computed once per process."""
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in ("*.py", "*.yaml") for p in _PACKAGE.rglob(pattern)):
+    for path in sorted(p for pattern in ("*.py", "*.yaml") for p in package.rglob(pattern)):
         if "__pycache__" in path.parts:
             continue
-        digest.update(path.relative_to(_PACKAGE).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -15,19 +15,12 @@ from falip.data.classification.stanford_dogs import load_stanford_dogs_split
 from falip.data.classification.waterbirds import load_waterbirds_split
 from falip.data.registry import check_dataset, load_dataset_split
 from falip.errors import DatasetError
-from falip.sandbox.classification_layouts import (write_cub_layout, write_imagenet_s_layout,
-                                                  write_stanford_dogs_layout, write_waterbirds_layout)
 from falip.sandbox.scenes import CLASS_NAMES
 
 
 @pytest.fixture(scope="module")
-def layouts(tmp_path_factory):
-    root = tmp_path_factory.mktemp("layouts")
-    write_cub_layout(root / "cub", images=12)
-    write_stanford_dogs_layout(root / "dogs", images=12)
-    write_imagenet_s_layout(root / "ins", images=10, empty_mask_every=5)
-    write_waterbirds_layout(root / "wb", root / "wbcub", images=16)
-    return root
+def layouts(classification_layouts):
+    return classification_layouts
 
 
 def table(path):

@@ -7,18 +7,12 @@ import pytest
 
 from falip.cli import compose
 from falip.experiments.runner import run_experiment
-from falip.sandbox.classification_layouts import (write_cub_layout, write_imagenet_s_layout,
-                                                  write_stanford_dogs_layout, write_waterbirds_layout)
 
 
 @pytest.fixture(scope="module")
-def finished(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cls")
-    out = root / "results"
-    write_cub_layout(root / "cub", images=40)
-    write_stanford_dogs_layout(root / "dogs", images=40)
-    write_imagenet_s_layout(root / "ins", images=40, empty_mask_every=20)
-    write_waterbirds_layout(root / "wb", root / "wbcub", images=48)
+def finished(classification_layouts, tmp_path_factory):
+    root = classification_layouts
+    out = tmp_path_factory.mktemp("cls") / "results"
     runs = {
         "cub_cls": [f"dataset.root={root / 'cub'}"],
         "stanford_dogs_cls": [f"dataset.root={root / 'dogs'}"],
@@ -29,7 +23,7 @@ def finished(tmp_path_factory):
                            f"dataset.classnames={root / 'wb' / 'classnames.txt'}"],
     }
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("FALIP_CACHE", str(root / "cache"))
+        patch.setenv("FALIP_CACHE", str(out.parent / "cache"))
         for experiment, overrides in runs.items():
             run_experiment(compose([f"experiment={experiment}", "model=sandbox", "run.progress=false",
                                     f"run.output_dir={out}", *overrides]))

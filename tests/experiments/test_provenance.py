@@ -35,20 +35,24 @@ def test_runs_write_where_git_ignores_and_committed_results_live_apart():
     assert tracked and all(p.startswith(("results/sandbox/", "results/benchmarks/")) for p in tracked), tracked
 
 
-def test_code_fingerprint_covers_sources_and_configs():
-    package = REPO / "falip"
-    assert code_fingerprint() == code_fingerprint()
-    assert (package / "configs" / "config.yaml").is_file() and (package / "model" / "bias.py").is_file()
-    code_fingerprint.cache_clear()
-    probe = package / "configs" / "_fingerprint_probe.yaml"
-    before = code_fingerprint()
-    try:
-        probe.write_text("x: 1\n")
-        code_fingerprint.cache_clear()
-        assert code_fingerprint() != before
-    finally:
-        probe.unlink()
-        code_fingerprint.cache_clear()
+def test_code_fingerprint_covers_sources_and_configs(tmp_path):
+    """On a copy of the package (the checkout is never written): the same tree gives the same hash, an
+    edited config or source another, a file that is neither code nor config none."""
+    import shutil
+
+    copy = tmp_path / "falip"
+    shutil.copytree(REPO / "falip", copy, ignore=shutil.ignore_patterns("__pycache__", "model.safetensors"))
+    fingerprint = code_fingerprint.__wrapped__  # uncached: every call hashes the files again
+    first = fingerprint(copy)
+    assert fingerprint(copy) == first == code_fingerprint(REPO / "falip")  # same files, same hash, any folder
+    (copy / "sandbox" / "model" / "notes.txt").write_text("not code")
+    assert fingerprint(copy) == first
+    (copy / "configs" / "_probe.yaml").write_text("x: 1\n")
+    with_config = fingerprint(copy)
+    assert with_config != first
+    bias = copy / "model" / "bias.py"
+    bias.write_text(bias.read_text() + "\n# edited\n")
+    assert fingerprint(copy) not in (first, with_config)
 
 
 def test_package_metadata_uses_an_spdx_license():
