@@ -8,7 +8,7 @@ RUN := $(BIN)/falip-run
 ARGS ?=
 
 .PHONY: help install run test test-slow sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
-        rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision train-sandbox clean
+        rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision train-sandbox bench-gpu clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
@@ -18,6 +18,7 @@ help:
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
 	@echo "make rec-table ARGS='dataset.root=...'    the three REC runs + the paper-layout table"
 	@echo "make bench           bias-overhead, REC-throughput, intervention, scaling, trims and precision benchmarks -> results/benchmarks/"
+	@echo "make bench-gpu       on a GPU machine: correctness, precision, throughput, time plan -> results/benchmarks/gpu.csv (~8 min)"
 	@echo "make train-sandbox   retrain the shipped sandbox CLIP (two stages, 40-48 min on 2 CPU cores)"
 	@echo "Pass overrides with ARGS='key=value ...' (see falip-run --help)."
 
@@ -74,6 +75,9 @@ bench-trims: install
 bench-precision: install
 	$(BIN)/python scripts/bench_precision.py
 bench: bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision
+# On a GPU machine (a CUDA build of torch: TORCH_SPEC=torch): results/benchmarks/gpu.csv
+bench-gpu: install
+	$(BIN)/python scripts/bench_gpu.py --device cuda
 
 train-sandbox: install
 	$(BIN)/python scripts/train_sandbox_clip.py

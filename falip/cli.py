@@ -84,10 +84,16 @@ def compose(overrides: list[str] | None = None) -> dict:
     """The resolved config ``falip-run <overrides>`` would run, as a plain dict (for tests and notebooks)."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_module
+    from omegaconf import open_dict
 
     _register_resolvers()
     with initialize_config_module("falip.configs", version_base="1.3"):
-        return OmegaConf.to_container(hydra_compose("config", overrides=list(overrides or [])), resolve=True)
+        composed = hydra_compose("config", overrides=list(overrides or []), return_hydra_config=True)
+        with open_dict(composed):  # ${hydra:...} needs a running Hydra app: fill in what it would give
+            if OmegaConf.is_interpolation(composed, "experiment_name"):
+                composed.experiment_name = composed.hydra.runtime.choices.get("experiment")
+            del composed["hydra"]
+        return OmegaConf.to_container(composed, resolve=True)
 
 
 # Sections whose keys are a closed set: an unknown key is a typo, never an addition (not even with + or ++).

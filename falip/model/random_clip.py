@@ -1,7 +1,8 @@
 """Randomly initialised CLIP models of known shapes, for tests and benchmarks (never for results).
 
-``vit-b16`` has the vision tower of OpenAI's ViT-B/16 (224 px, patch 16, 12 layers x 768, 12 heads)
-so that speed and memory can be measured without downloading weights.
+``vit-b16`` has the vision tower of OpenAI's ViT-B/16 (224 px, patch 16, 12 layers x 768, 12 heads) and
+``vit-l14`` that of ViT-L/14 (224 px, patch 14, 24 layers x 1024, 16 heads), so that speed and memory can
+be measured without downloading weights.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ PRESETS = {
                  text_layers=2, text_width=32, text_heads=4, projection_dim=16),
     "vit-b16": dict(image_size=224, patch_size=16, vision_layers=12, vision_width=768, vision_heads=12,
                     text_layers=12, text_width=512, text_heads=8, projection_dim=512),
+    "vit-l14": dict(image_size=224, patch_size=14, vision_layers=24, vision_width=1024, vision_heads=16,
+                    text_layers=12, text_width=768, text_heads=12, projection_dim=768),
 }
 TOY_WORDS = "a photo of the an this is red green blue yellow purple circle square triangle cross . ,".split()
 
