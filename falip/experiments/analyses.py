@@ -1,4 +1,8 @@
-"""Analyses that look inside the model instead of scoring it: head sensitivity and attention maps.
+"""Analyses that look inside the model instead of scoring it: head sensitivity, attention maps, depth views.
+
+The computations, and below them each analysis as a ``falip-run`` experiment (:data:`ANALYSES`: the
+config, the run settings, the loaded model, the prompts -> figures and CSVs), so the runner keeps only
+the scoring loop and its dispatch.
 
 * :func:`head_sensitivity` -- over a split's regions, the mean ``||G'_h - G_h||`` per layer x head,
   ``G'`` a head's contribution to the [CLS] update under a prompt (edited pixels and/or bias), ``G``
@@ -18,16 +22,22 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
+from ..data.images import read_rgb
+from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import prepare_regions
+from ..errors import ConfigError, DatasetError
 from ..geometry import Region
 from ..io import atomic_write_text, write_json
 from ..model.attention_maps import cls_attention_map
 from ..model.clip import FoveatedCLIP
 from ..model.heads import head_contributions
 from ..prompts.prompt import VisualPrompt, roa_token_mask
+from ..tasks import TASKS
 from ..tasks.base import Task
-from .plots import _pyplot, heatmap, save_figure
+from .generated import materialize
+from .plots import _pyplot, depth_views_figure, heatmap, save_figure
 from .provenance import environment, git_state, utc_now
+from .settings import RunSettings
 
 
 def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt: VisualPrompt, resize: str):
@@ -118,3 +128,101 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
     frame = pd.DataFrame(rows)
     atomic_write_text(path.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))
     return frame
+
+
+# ---------------------------------------------------------------- analyses as experiments (falip-run)
+def _head_sensitivity(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
+                      prompts: list[VisualPrompt]) -> None:
+    task_cfg = config["task"]
+    source = TASKS[task_cfg["source"]].from_config(task_cfg.get("source_options") or {"templates": "simple"})
+    dataset = materialize(config["dataset"])
+    check_dataset(dataset)
+    splits = {name: load_dataset_split(dataset, name) for name in dataset["splits"]}
+    with torch.inference_mode():
+        head_sensitivity(model, source, splits, prompts, Path(run.output_dir), config["experiment_name"],
+                         task_cfg.get("max_items"), run.progress)
+
+
+def _check_attention_maps(config: Mapping[str, Any]) -> None:
+    """Before the model loads: the image exists and the boxes are a list of [x0,y0,x1,y1]."""
+    if config.get("image"):
+        if not Path(config["image"]).is_file():
+            raise DatasetError(f"image={config['image']} is not a file")
+        parse_boxes(config.get("boxes"))
+
+
+def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
+                    prompts: list[VisualPrompt]) -> None:
+    """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
+    task_cfg, out = config["task"], Path(run.output_dir) / config["experiment_name"]
+    if config.get("image"):
+        path = Path(config["image"])
+        boxes, stem = parse_boxes(config.get("boxes")), path.stem
+        try:
+            image = read_rgb(path)
+        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
+            raise DatasetError(f"image={path} is not a readable image: {type(error).__name__}: {error}") from None
+    else:
+        image, boxes, stem = example_image(run.seed)
+    frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
+                           layer=task_cfg.get("layer", -1), resize=task_cfg.get("resize", "squash"))
+    print(frame.to_string(index=False))
+    print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
+
+
+def parse_boxes(value: Any) -> list[tuple[float, ...]]:
+    """``boxes=[[x0,y0,x1,y1], ...]`` (pixels of the image) as tuples; anything else is one line with the fix."""
+    fix = "write boxes as a list of [x0,y0,x1,y1] lists, e.g. 'boxes=[[40,60,200,300]]' (quoted for the shell)"
+    if not value:
+        raise ConfigError(f"attention_maps needs boxes with image=: {fix}")
+    if not isinstance(value, (list, tuple)) or not all(isinstance(box, (list, tuple)) for box in value):
+        raise ConfigError(f"boxes={value!r} is not a list of boxes: {fix}")
+    boxes = []
+    for box in value:
+        if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
+            raise ConfigError(f"box {box!r} of boxes= needs 4 numbers x0,y0,x1,y1: {fix}")
+        boxes.append(tuple(float(v) for v in box))
+    return boxes
+
+
+def example_image(seed: int):
+    """An example when no image is given: three shapes on noise, the ROA around the first."""
+    rng = np.random.default_rng(seed)
+    width, height = 96, 80
+    image = np.clip(rng.normal(120, 30, (height, width, 3)), 0, 255).astype("uint8")
+    boxes = [(8, 10, 34, 36), (52, 30, 82, 62), (14, 50, 40, 74)]
+    for (x0, y0, x1, y1), colour in zip(boxes, [(225, 35, 35), (45, 75, 230), (40, 175, 60)]):
+        image[y0:y1, x0:x1] = colour
+    return Image.fromarray(image), [tuple(float(v) for v in boxes[0])], "example"
+
+
+def _depth_views(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
+                 prompts: list[VisualPrompt]) -> None:
+    """PointCLIP's 6 depth maps of shape ``task.sample`` of the dataset's first split, with each view's ROA."""
+    task_cfg, out = config["task"], Path(run.output_dir) / config["experiment_name"]
+    dataset = materialize(config["dataset"])
+    check_dataset(dataset)
+    split = load_dataset_split(dataset, dataset["splits"][0])
+    index = int(task_cfg.get("sample", 0))
+    if not 0 <= index < len(split.samples):
+        raise ConfigError(f"task.sample={index} is outside {split.dataset} {split.split} (0..{len(split.samples) - 1})")
+    task = TASKS["pointcloud"].from_config(task_cfg)
+    item = task.items(split)[index]
+    views = item.load_views(model.image_size, model.device)
+    label = split.classes[item.sample.label]
+    stem = f"{split.dataset}_{split.split}_{index}"
+    figure = depth_views_figure(views.pixels, views.regions, model.patch_size, out / f"{stem}.png",
+                                title=f"{split.dataset} {split.split} #{index}: {label} ({len(item.sample.points)} points)")
+    rows = [{"view": view, "empty": region is None, "box": None if region is None else list(region.boxes[0]),
+             "foreground_pixels": 0 if region is None else int(region.mask.sum())}
+            for view, region in enumerate(views.regions)]
+    frame = pd.DataFrame(rows)
+    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
+    print(frame.to_string(index=False))
+    print(f"\nwrote {figure} and {out / f'{stem}.csv'}")
+
+
+# task.name of an analysis -> its runner (config, run settings, model, prompts): figures + CSVs.
+ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps, "depth_views": _depth_views}
+# What an analysis checks in its config before the model loads (one line for a bad input, no model load).
+ANALYSIS_CHECKS = {"attention_maps": _check_attention_maps}

@@ -17,17 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
-from PIL import Image
 
-from ..data.images import read_rgb
 from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import DEFAULT_BATCH_SIZE, EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
-from ..geometry import Region
 from ..io import atomic_write_text, cache_root, drop_torn_tail, open_for_append, output_error
 from ..model.clip import FoveatedCLIP
 from ..model.steering import EXACT, ExecutionPlan
@@ -35,14 +30,14 @@ from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
 from ..tasks import TASKS
 from ..tasks.base import Line, Task
-from .analyses import attention_maps, head_sensitivity
+from .analyses import ANALYSES, ANALYSIS_CHECKS
 from .distributed import SINGLE, Ranks
 from .generated import materialize
 from .identity import SplitIdentity
-from .plots import depth_views_figure, grid_plot
+from .plots import grid_plot
 from .record import ExperimentRecord
 from .reports import REPORTS
-from .settings import check_run_settings
+from .settings import RunSettings
 
 
 @dataclass(frozen=True)
@@ -58,13 +53,10 @@ class LoopOptions:
     plan: ExecutionPlan = EXACT
 
     @classmethod
-    def from_config(cls, run_cfg: Mapping[str, Any]) -> "LoopOptions":
-        return cls(batch_size=int(run_cfg.get("batch_size", DEFAULT_BATCH_SIZE)), num_workers=int(run_cfg.get("num_workers", 0)),
-                   prefetch_images=int(run_cfg.get("prefetch_images", 64)),
-                   skip_bad_samples=bool(run_cfg.get("skip_bad_samples", False)),
-                   progress=bool(run_cfg.get("progress", True)),
-                   plan=ExecutionPlan(trims=bool(run_cfg.get("trims", True)),
-                                      cls_stream=bool(run_cfg.get("cls_stream", False))))
+    def from_settings(cls, run: RunSettings) -> "LoopOptions":
+        return cls(batch_size=run.batch_size, num_workers=run.num_workers, prefetch_images=run.prefetch_images,
+                   skip_bad_samples=run.skip_bad_samples, progress=run.progress,
+                   plan=ExecutionPlan(trims=run.trims, cls_stream=run.cls_stream))
 
 
 @dataclass
@@ -286,16 +278,16 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
     return result
 
 
-def load_model(model_cfg: Mapping[str, Any], run_cfg: Mapping[str, Any], ranks: Ranks = SINGLE) -> FoveatedCLIP:
+def load_model(model_cfg: Mapping[str, Any], run: RunSettings, ranks: Ranks = SINGLE) -> FoveatedCLIP:
     """``model.path`` (a local directory) wins over ``model.name`` (a HF Hub id, read from the HF cache offline).
     In a multi-process CUDA run each rank takes ``cuda:<LOCAL_RANK>``."""
     source = model_cfg.get("path") or model_cfg.get("name")
     if not source:
         raise ConfigError("set model.name (a HF Hub id) or model.path (a local CLIP directory)")
-    device = run_cfg.get("device", "auto")
+    device = run.device
     if ranks.world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
         device = f"cuda:{ranks.local_rank}"
-    return FoveatedCLIP.from_pretrained(source, device=device, dtype=run_cfg.get("dtype", "float32"),
+    return FoveatedCLIP.from_pretrained(source, device=device, dtype=run.dtype,
                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
 
 
@@ -330,100 +322,6 @@ def load_splits(task: Task, dataset: Mapping[str, Any], limit: int | None) -> di
     return splits
 
 
-def _head_sensitivity(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
-    task_cfg = config["task"]
-    source = TASKS[task_cfg["source"]].from_config(task_cfg.get("source_options") or {"templates": "simple"})
-    dataset = materialize(config["dataset"])
-    check_dataset(dataset)
-    splits = load_splits(source, dataset, None)
-    with torch.inference_mode():
-        head_sensitivity(model, source, splits, prompts, Path(config["run"]["output_dir"]), config["experiment_name"],
-                         task_cfg.get("max_items"), bool(config["run"].get("progress", True)))
-
-
-def _check_attention_maps(config: Mapping[str, Any]) -> None:
-    """Before the model loads: the image exists and the boxes are a list of [x0,y0,x1,y1]."""
-    if config.get("image"):
-        if not Path(config["image"]).is_file():
-            raise DatasetError(f"image={config['image']} is not a file")
-        parse_boxes(config.get("boxes"))
-
-
-def _attention_maps(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
-    """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
-    task_cfg, out = config["task"], Path(config["run"]["output_dir"]) / config["experiment_name"]
-    if config.get("image"):
-        path = Path(config["image"])
-        boxes, stem = parse_boxes(config.get("boxes")), path.stem
-        try:
-            image = read_rgb(path)
-        except (OSError, ValueError) as error:  # PIL's UnidentifiedImageError is an OSError
-            raise DatasetError(f"image={path} is not a readable image: {type(error).__name__}: {error}") from None
-    else:
-        image, boxes, stem = example_image(int(config["run"].get("seed", 0)))
-    frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
-                           layer=task_cfg.get("layer", -1), resize=task_cfg.get("resize", "squash"))
-    print(frame.to_string(index=False))
-    print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
-
-
-def parse_boxes(value: Any) -> list[tuple[float, ...]]:
-    """``boxes=[[x0,y0,x1,y1], ...]`` (pixels of the image) as tuples; anything else is one line with the fix."""
-    fix = "write boxes as a list of [x0,y0,x1,y1] lists, e.g. 'boxes=[[40,60,200,300]]' (quoted for the shell)"
-    if not value:
-        raise ConfigError(f"attention_maps needs boxes with image=: {fix}")
-    if not isinstance(value, (list, tuple)) or not all(isinstance(box, (list, tuple)) for box in value):
-        raise ConfigError(f"boxes={value!r} is not a list of boxes: {fix}")
-    boxes = []
-    for box in value:
-        if len(box) != 4 or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in box):
-            raise ConfigError(f"box {box!r} of boxes= needs 4 numbers x0,y0,x1,y1: {fix}")
-        boxes.append(tuple(float(v) for v in box))
-    return boxes
-
-
-def example_image(seed: int):
-    """An example when no image is given: three shapes on noise, the ROA around the first."""
-    rng = np.random.default_rng(seed)
-    width, height = 96, 80
-    image = np.clip(rng.normal(120, 30, (height, width, 3)), 0, 255).astype("uint8")
-    boxes = [(8, 10, 34, 36), (52, 30, 82, 62), (14, 50, 40, 74)]
-    for (x0, y0, x1, y1), colour in zip(boxes, [(225, 35, 35), (45, 75, 230), (40, 175, 60)]):
-        image[y0:y1, x0:x1] = colour
-    return Image.fromarray(image), [tuple(float(v) for v in boxes[0])], "example"
-
-
-def _depth_views(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt]) -> None:
-    """PointCLIP's 6 depth maps of shape ``task.sample`` of the dataset's first split, with each view's ROA."""
-    task_cfg, out = config["task"], Path(config["run"]["output_dir"]) / config["experiment_name"]
-    dataset = materialize(config["dataset"])
-    check_dataset(dataset)
-    split = load_dataset_split(dataset, dataset["splits"][0])
-    index = int(task_cfg.get("sample", 0))
-    if not 0 <= index < len(split.samples):
-        raise ConfigError(f"task.sample={index} is outside {split.dataset} {split.split} (0..{len(split.samples) - 1})")
-    task = TASKS["pointcloud"].from_config(task_cfg)
-    item = task.items(split)[index]
-    views = item.load_views(model.image_size, model.device)
-    label = split.classes[item.sample.label]
-    stem = f"{split.dataset}_{split.split}_{index}"
-    figure = depth_views_figure(views.pixels, views.regions, model.patch_size, out / f"{stem}.png",
-                                title=f"{split.dataset} {split.split} #{index}: {label} ({len(item.sample.points)} points)")
-    rows = [{"view": view, "empty": region is None, "box": None if region is None else list(region.boxes[0]),
-             "foreground_pixels": 0 if region is None else int(region.mask.sum())}
-            for view, region in enumerate(views.regions)]
-    frame = pd.DataFrame(rows)
-    atomic_write_text(out / f"{stem}.csv", frame.to_csv(index=False))
-    print(frame.to_string(index=False))
-    print(f"\nwrote {figure} and {out / f'{stem}.csv'}")
-
-
-# task.name of an analysis -> its runner (config, model, prompts): no scoring loop, figures + CSVs.
-ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps, "depth_views": _depth_views}
-# What an analysis checks in its config before the model loads (one line for a bad input, no model load).
-ANALYSIS_CHECKS = {"attention_maps": _check_attention_maps}
-
-
 def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> ExperimentRecord | None:
     """Run ``config`` (a plain dict: the resolved Hydra config) and return its record (None for a report).
 
@@ -441,31 +339,30 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
     if task_name in REPORTS:
         REPORTS[task_name](config)
         return None
-    run = config["run"]
-    check_run_settings(run)
+    run = RunSettings.from_config(config["run"])
     if task_name in ANALYSES:
         ANALYSIS_CHECKS.get(task_name, lambda _: None)(config)
         prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
-        ANALYSES[task_name](config, load_model(config["model"], run), prompts)
+        ANALYSES[task_name](config, run, load_model(config["model"], run), prompts)
         return None
     if task_name not in TASKS:
         known = sorted(TASKS) + sorted(REPORTS) + sorted(ANALYSES)
         raise ConfigError(f"task.name={task_name!r} is not a known task; known: {known}")
     task = TASKS[task_name].from_config(config["task"])
-    torch.manual_seed(int(run.get("seed", 0)))
+    torch.manual_seed(run.seed)
     prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
     if not prompts:
         raise ConfigError("the experiment has no prompts: set prompts=<group> or prompts.<name>={...}")
     task.check_prompts(prompts)
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
-    splits = load_splits(task, dataset, run.get("limit"))
+    splits = load_splits(task, dataset, run.limit)
     ranks = Ranks.from_environment()
-    if ranks.world > 1 and run.get("num_workers"):
-        print(f"[falip] rank {ranks.rank}/{ranks.world}: run.num_workers={run['num_workers']} per process", file=sys.stderr)
+    if ranks.world > 1 and run.num_workers:
+        print(f"[falip] rank {ranks.rank}/{ranks.world}: run.num_workers={run.num_workers} per process", file=sys.stderr)
     model = load_model(config["model"], run, ranks)
-    record = ExperimentRecord(config["experiment_name"], config, run["output_dir"],
-                              [prompt.name for prompt in prompts], model, resume=bool(run.get("resume")),
+    record = ExperimentRecord(config["experiment_name"], config, run.output_dir,
+                              [prompt.name for prompt in prompts], model, resume=run.resume,
                               writer=ranks.is_main)
     kept = record.begin()  # the lock: one run per experiment and output folder (LockHeld names the holder)
     ranks.barrier()  # every rank sees the folder as rank 0 left it
@@ -475,14 +372,14 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
                   f"was moved to {kept}", file=sys.stderr)
         record.extra["world_size"] = ranks.world
         record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
-        if run.get("limit"):
-            record.extra["partial"] = {"limit": int(run["limit"]), "why": f"run.limit={run['limit']}: only the first "
-                                       f"{run['limit']} {task.unit}s of each split, not the full protocol"}
+        if run.limit:
+            record.extra["partial"] = {"limit": run.limit, "why": f"run.limit={run.limit}: only the first "
+                                       f"{run.limit} {task.unit}s of each split, not the full protocol"}
             if ranks.is_main:
-                print(f"[falip] run.limit={run['limit']}: only the first {run['limit']} {task.unit}s of each split are "
+                print(f"[falip] run.limit={run.limit}: only the first {run.limit} {task.unit}s of each split are "
                       f"scored -- not the paper's protocol (the sidecar says so; paper-layout tables mark it)",
                       file=sys.stderr)
-        options = LoopOptions.from_config(run)
+        options = LoopOptions.from_settings(run)
         texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
         with _sigterm_interrupts(), torch.inference_mode():
             for split_name, split in splits.items():
@@ -495,7 +392,7 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
                     print(f"[falip] {split_name}: the finished split was computed on other data (its annotations "
                           f"changed since): recomputing it", file=sys.stderr)
                 predictions = (PredictionsFile(record.predictions_path(split_name), record.hash, record.resume)
-                               if run.get("save_predictions", True) else None)
+                               if run.save_predictions else None)
                 result = evaluate_split(model, task, split, prompts, texts, options, predictions, ranks=ranks,
                                         identity=identity)
                 if result is None:  # a rank > 0: rank 0 has its lines and writes

@@ -1,10 +1,14 @@
-"""The ``run`` section's schema: every key's type and range, checked before anything loads.
+"""The ``run`` section, read once: its schema (every key's type and range, checked before anything loads)
+and :class:`RunSettings`, the typed value the runner passes on instead of reading the dict again.
 
-Hydra already rejects unknown keys (``run.batchsize=3``); this catches wrong values
+Unknown keys are refused before Hydra runs (``falip.cli``); this catches wrong values
 (``run.batch_size=abc``, ``run.num_workers=-1``) with one line naming the key, the value and the fix.
+The defaults are stated in ``configs/config.yaml``; :class:`RunSettings` takes every value from the
+composed config (``tests/experiments/test_configs.py`` checks that the two name the same keys).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping
 
 from ..errors import ConfigError
@@ -65,3 +69,32 @@ def check_device(device: str) -> None:
     if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
         raise ConfigError(f"run.device={device}: this machine has {torch.cuda.device_count()} CUDA device(s) "
                           f"(cuda:0..cuda:{torch.cuda.device_count() - 1})")
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The ``run`` section as one typed value (see ``configs/config.yaml`` for each key's meaning)."""
+
+    seed: int
+    device: str
+    dtype: str
+    batch_size: int
+    num_workers: int
+    prefetch_images: int
+    limit: int | None
+    skip_bad_samples: bool
+    resume: bool
+    save_predictions: bool
+    output_dir: str
+    progress: bool
+    trims: bool
+    cls_stream: bool
+
+    @classmethod
+    def from_config(cls, run: Mapping[str, Any]) -> "RunSettings":
+        """Check ``run`` (:func:`check_run_settings`) and read it once; a key the section lacks is an error."""
+        check_run_settings(run)
+        missing = [f.name for f in fields(cls) if f.name not in run]
+        if missing:
+            raise ConfigError(f"the run section lacks {missing} (compose the config with falip.cli.compose or falip-run)")
+        return cls(**{f.name: run[f.name] for f in fields(cls)})

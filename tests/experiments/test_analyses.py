@@ -11,7 +11,8 @@ import torch
 
 from falip.cli import compose
 from falip.experiments.analyses import attention_maps
-from falip.experiments.runner import example_image, run_experiment
+from falip.experiments.analyses import example_image
+from falip.experiments.runner import run_experiment
 from falip.model.attention_maps import cls_attention_map
 from falip.prompts import FALIP, ORIGINAL_CLIP, RED_CIRCLE
 

@@ -29,3 +29,16 @@ def test_experiment_composes_and_builds_its_prompts(name):
 def test_default_run_is_the_sandbox_rec_experiment():
     config = compose([])
     assert config["experiment_name"] == "shapes_rec" and config["model"]["name"] == "falip-sandbox"
+
+
+def test_the_run_section_and_its_schema_name_the_same_keys():
+    """Every run.<key> of configs/config.yaml is checked and typed (RUN_SCHEMA, RunSettings), and nothing else."""
+    from dataclasses import fields
+
+    from falip.cli import compose
+    from falip.experiments.settings import RUN_SCHEMA, RunSettings
+
+    run = compose([])["run"]
+    assert set(run) == set(RUN_SCHEMA) == {f.name for f in fields(RunSettings)}
+    settings = RunSettings.from_config(run)
+    assert settings.batch_size == run["batch_size"] and settings.trims is True and settings.cls_stream is False
