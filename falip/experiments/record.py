@@ -24,6 +24,7 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from ..errors import DatasetError
 from ..io import folder_lock, holder, process_alive, write_json
 from ..model.clip import FoveatedCLIP
 from .provenance import code_fingerprint, environment, git_state, utc_now, weights_fingerprint
@@ -53,6 +54,16 @@ def describe_model(model: FoveatedCLIP) -> dict[str, Any]:
             "attn_implementation": model.attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
             "device": str(model.device), "image_size": model.image_size, "patch_size": model.patch_size,
             "vision_layers": model.num_layers, "logit_scale": round(model.logit_scale, 6)}
+
+
+def read_sidecar(path: Path) -> dict:
+    """A run's sidecar (``<experiment>.json``) as a dict: ``{}`` when there is none; a file that is not a JSON
+    object is a :class:`DatasetError` naming it. The one reader of what :class:`ExperimentRecord` writes."""
+    try:
+        meta = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DatasetError(f"{path} is not a readable sidecar ({error})") from None
+    return meta if isinstance(meta, dict) else {}
 
 
 def effective_status(sidecar: Mapping[str, Any]) -> str:
@@ -102,8 +113,8 @@ class ExperimentRecord:
             return None
         self._lock.enter_context(folder_lock(self.lock_path, f"{self.output_dir / self.name} (experiment {self.name})"))
         try:
-            previous = json.loads(self.json_path.read_text()) if self.json_path.is_file() else None
-        except (json.JSONDecodeError, OSError, UnicodeDecodeError):
+            previous = read_sidecar(self.json_path)
+        except DatasetError:  # unreadable: unfinished by any measure, so it is kept aside below
             previous = {}
         leftovers = [p for p in (self.csv_path, self.json_path, self.work_dir) if p.exists() or p.is_symlink()]
         kept = None if not leftovers else self._keep_previous(previous, leftovers)

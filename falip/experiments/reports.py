@@ -6,7 +6,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping
@@ -18,7 +17,7 @@ from ..errors import DatasetError
 from ..io import atomic_write_text, write_json
 from .plots import collect_plot
 from .provenance import environment, git_state, utc_now
-from .record import effective_status
+from .record import effective_status, read_sidecar
 from .tables import DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
 
 
@@ -61,14 +60,6 @@ def partial_label(column: str, reasons: list[str]) -> str:
     return f"{column} [PARTIAL: {'; '.join(reasons)}]" if reasons else column
 
 
-def _read_sidecar(path: Path) -> dict:
-    try:
-        meta = json.loads(path.read_text()) if path.is_file() else {}
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise DatasetError(f"{path} is not a readable sidecar ({error})") from None
-    return meta if isinstance(meta, dict) else {}
-
-
 def with_deltas(table: pd.DataFrame, measured: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
     """``table`` plus one row ``<prompt> [ours - paper]`` per prompt both report (source ``delta``)."""
     shared = [row for row in measured.index if row in paper.index]
@@ -97,7 +88,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         frame = read_table(path)
         if source_column not in frame.columns:
             raise DatasetError(f"{path} has no column {source_column!r} (columns: {list(frame.columns)})")
-        meta = _read_sidecar(output_dir / f"{experiment}.json")
+        meta = read_sidecar(output_dir / f"{experiment}.json")
         reasons = partial_reasons(meta)
         if reasons:
             warnings.append(f"{column} comes from {path}, which is partial ({'; '.join(reasons)}): not the paper's "
@@ -144,7 +135,7 @@ def _finished_jobs(sweep: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
     """The sweep's job sidecars that are complete, full-protocol results, and one line per job left out."""
     kept, left_out = [], []
     for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
-        meta = _read_sidecar(sidecar)
+        meta = read_sidecar(sidecar)
         if "table" not in meta:
             continue
         status = effective_status(meta)
