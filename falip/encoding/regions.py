@@ -52,6 +52,20 @@ class EncodingCounts:
     clipped_boxes: int = 0
     empty_regions: dict[str, int] = field(default_factory=dict)  # per prompt: rows with no region (no bias)
 
+    @classmethod
+    def zero(cls, prompt_names: Sequence[str]) -> "EncodingCounts":
+        """Zero for every prompt (the start of a sum, so that every prompt has a count, in this order)."""
+        return cls({n: 0 for n in prompt_names}, {n: 0 for n in prompt_names}, 0, {n: 0 for n in prompt_names})
+
+    def __add__(self, other: "EncodingCounts") -> "EncodingCounts":
+        """Counts of two shards (ranks, resumed parts) together: per prompt and in all."""
+        def merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+            return {name: a.get(name, 0) + b.get(name, 0) for name in {**a, **b}}
+
+        return EncodingCounts(merged(self.image_forwards, other.image_forwards),
+                              merged(self.unbiased_layer_rows, other.unbiased_layer_rows),
+                              self.clipped_boxes + other.clipped_boxes, merged(self.empty_regions, other.empty_regions))
+
 
 @dataclass
 class RegionInputs:

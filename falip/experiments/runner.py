@@ -67,16 +67,29 @@ class SplitResult:
     lines: list[Line]
     metrics: dict[str, dict[str, float]]
     description: dict[str, Any]
-    image_forwards: dict[str, int]
-    unbiased_layer_rows: dict[str, int]
+    counts: EncodingCounts
     skipped: list[dict]
     wall_time_s: float
     notes: list[str] = field(default_factory=list)
-    clipped_boxes: int = 0
     resumed_items: int = 0
     stale_items: int = 0  # lines of the interrupted run that no current item matches (recomputed)
     ranks: list[dict] | None = None  # per-rank items, forwards and wall times of a multi-process run
-    empty_regions: dict[str, int] = field(default_factory=dict)  # per prompt: rows with no region (no bias)
+
+    @property
+    def image_forwards(self) -> dict[str, int]:
+        return self.counts.image_forwards
+
+    @property
+    def unbiased_layer_rows(self) -> dict[str, int]:
+        return self.counts.unbiased_layer_rows
+
+    @property
+    def clipped_boxes(self) -> int:
+        return self.counts.clipped_boxes
+
+    @property
+    def empty_regions(self) -> dict[str, int]:  # per prompt: rows with no region (no bias)
+        return self.counts.empty_regions
 
     @property
     def accuracy(self) -> dict[str, float]:
@@ -245,10 +258,8 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
             except OSError:  # the flush of a line a full disk refused: the error is already on its way
                 pass
     mine = {"rank": ranks.rank, "lines": {i: by_item[i] for i in todo if i in by_item},
-            "skipped": {i: skipped[i] for i in todo if i in skipped}, "image_forwards": counts.image_forwards,
-            "unbiased_layer_rows": counts.unbiased_layer_rows, "clipped_boxes": counts.clipped_boxes,
-            "empty_regions": counts.empty_regions,
-            "items": len(todo), "wall_time_s": round(time.perf_counter() - started, 3)}
+            "skipped": {i: skipped[i] for i in todo if i in skipped}, "counts": counts, "items": len(todo),
+            "wall_time_s": round(time.perf_counter() - started, 3)}
     gathered = ranks.gather(mine)
     if not ranks.is_main:
         return None
@@ -260,21 +271,17 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
         atomic_write_text(predictions.path, "".join(json.dumps(line, default=str) + "\n" for line in lines))
         for path in predictions.partials():
             path.unlink()
-    total = {key: {name: sum(part[key].get(name, 0) for part in gathered) for name in names}
-             for key in ("image_forwards", "unbiased_layer_rows", "empty_regions")}
+    total = sum((part["counts"] for part in gathered), EncodingCounts.zero(names))
     result = SplitResult(split=getattr(split, "split", ""), lines=lines, metrics=task.aggregate(split, lines, names),
-                         description=description, image_forwards=total["image_forwards"],
-                         unbiased_layer_rows=total["unbiased_layer_rows"],
+                         description=description, counts=total,
                          skipped=[skipped[index] for index in sorted(skipped)],
                          wall_time_s=time.perf_counter() - started,
                          notes=list(getattr(split, "notes", [])) + task.notes(context),
-                         clipped_boxes=sum(part["clipped_boxes"] for part in gathered), resumed_items=len(finished),
-                         stale_items=stale,
-                         empty_regions=total["empty_regions"])
+                         resumed_items=len(finished), stale_items=stale)
     result.description.update(task.split_details(split, lines, names))
     if ranks.world > 1:
-        result.ranks = [{key: part[key] for key in ("rank", "items", "image_forwards", "wall_time_s")}
-                        for part in gathered]
+        result.ranks = [{"rank": part["rank"], "items": part["items"], "image_forwards": part["counts"].image_forwards,
+                         "wall_time_s": part["wall_time_s"]} for part in gathered]
     return result
 
 
