@@ -7,7 +7,7 @@
 # Check that a refactor changes no output: run it at two commits and diff the folders, e.g.
 #   git stash; scripts/snapshot_outputs.sh /tmp/before; git stash pop
 #   scripts/snapshot_outputs.sh /tmp/after
-#   diff -r --exclude='*.json' /tmp/before /tmp/after && echo identical
+#   diff -r --exclude='*.json' --exclude='*.lock' /tmp/before /tmp/after && echo identical
 set -euo pipefail
 OUT=$(realpath -m "${1:?usage: scripts/snapshot_outputs.sh OUTDIR}")
 REPO=$(cd "$(dirname "$0")/.." && pwd)
