@@ -97,7 +97,7 @@ def compose(overrides: list[str] | None = None) -> dict:
 
 
 # Sections whose keys are a closed set: an unknown key is a typo, never an addition (not even with + or ++).
-CLOSED_SECTIONS = ("run", "dataset", "task", "foveal")
+CLOSED_SECTIONS = ("run", "dataset", "task", "foveal", "report", "analysis")
 
 
 def _lookup(config: Any, path: list[str]) -> tuple[bool, list[str]]:

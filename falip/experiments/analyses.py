@@ -133,14 +133,14 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
 # ---------------------------------------------------------------- analyses as experiments (falip-run)
 def _head_sensitivity(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
                       prompts: list[VisualPrompt]) -> None:
-    task_cfg = config["task"]
-    source = TASKS[task_cfg["source"]].from_config(task_cfg.get("source_options") or {"templates": "simple"})
+    settings = config["analysis"]
+    source = TASKS[settings["source"]].from_config(settings.get("source_options") or {"templates": "simple"})
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
     splits = {name: load_dataset_split(dataset, name) for name in dataset["splits"]}
     with torch.inference_mode():
         head_sensitivity(model, source, splits, prompts, Path(run.output_dir), config["experiment_name"],
-                         task_cfg.get("max_items"), run.progress)
+                         settings.get("max_items"), run.progress)
 
 
 def _check_attention_maps(config: Mapping[str, Any]) -> None:
@@ -154,7 +154,7 @@ def _check_attention_maps(config: Mapping[str, Any]) -> None:
 def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
                     prompts: list[VisualPrompt]) -> None:
     """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
-    task_cfg, out = config["task"], Path(run.output_dir) / config["experiment_name"]
+    settings, out = config["analysis"], Path(run.output_dir) / config["experiment_name"]
     if config.get("image"):
         path = Path(config["image"])
         boxes, stem = parse_boxes(config.get("boxes")), path.stem
@@ -165,7 +165,7 @@ def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: Foveated
     else:
         image, boxes, stem = example_image(run.seed)
     frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
-                           layer=task_cfg.get("layer", -1), resize=task_cfg.get("resize", "squash"))
+                           layer=settings.get("layer", -1), resize=settings.get("resize", "squash"))
     print(frame.to_string(index=False))
     print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
 
@@ -198,15 +198,15 @@ def example_image(seed: int):
 
 def _depth_views(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
                  prompts: list[VisualPrompt]) -> None:
-    """PointCLIP's 6 depth maps of shape ``task.sample`` of the dataset's first split, with each view's ROA."""
-    task_cfg, out = config["task"], Path(run.output_dir) / config["experiment_name"]
+    """PointCLIP's 6 depth maps of shape ``analysis.sample`` of the dataset's first split, with each view's ROA."""
+    settings, out = config["analysis"], Path(run.output_dir) / config["experiment_name"]
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
     split = load_dataset_split(dataset, dataset["splits"][0])
-    index = int(task_cfg.get("sample", 0))
+    index = int(settings.get("sample", 0))
     if not 0 <= index < len(split.samples):
-        raise ConfigError(f"task.sample={index} is outside {split.dataset} {split.split} (0..{len(split.samples) - 1})")
-    task = TASKS["pointcloud"].from_config(task_cfg)
+        raise ConfigError(f"analysis.sample={index} is outside {split.dataset} {split.split} (0..{len(split.samples) - 1})")
+    task = TASKS["pointcloud"].from_config(settings)
     item = task.items(split)[index]
     views = item.load_views(model.image_size, model.device)
     label = split.classes[item.sample.label]
@@ -222,7 +222,7 @@ def _depth_views(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLI
     print(f"\nwrote {figure} and {out / f'{stem}.csv'}")
 
 
-# task.name of an analysis -> its runner (config, run settings, model, prompts): figures + CSVs.
+# analysis.name -> its runner (config, run settings, model, prompts): figures + CSVs.
 ANALYSES = {"head_sensitivity": _head_sensitivity, "attention_maps": _attention_maps, "depth_views": _depth_views}
 # What an analysis checks in its config before the model loads (one line for a bad input, no model load).
 ANALYSIS_CHECKS = {"attention_maps": _check_attention_maps}

@@ -1,8 +1,9 @@
 """Reports: combine finished experiments into a paper-layout table, with the paper's numbers as reference rows.
 
-``task.columns`` maps each output column to ``[experiment, column]`` of a finished run's CSV in
-``run.output_dir``; ``task.average`` (optional) names a column holding the mean of the others
-(only for rows that have all of them); ``task.paper_csv`` holds the paper's rows.
+A report's settings are the ``report`` section (``configs/report/``): ``report.columns`` maps each output
+column to ``[experiment, column]`` of a finished run's CSV in ``run.output_dir``; ``report.average``
+(optional) names a column holding the mean of the others (only for rows that have all of them);
+``report.paper_csv`` holds the paper's rows.
 """
 from __future__ import annotations
 
@@ -78,7 +79,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     Measured rows name the model(s) they were measured with; when that is not the paper's backbone a
     warning says so (on the console and in the sidecar), since the paper's rows are then no reference.
     """
-    task, output_dir = config["task"], Path(config["run"]["output_dir"])
+    task, output_dir = config["report"], Path(config["run"]["output_dir"])
     columns, sources, warnings = {}, {}, []
     for column, (experiment, source_column) in task["columns"].items():
         path = output_dir / f"{experiment}.csv"
@@ -156,7 +157,7 @@ def _value(text: str):
 def collect_sweep(config: dict) -> pd.DataFrame:
     """Merge a Hydra multirun's results (``sweep_dir``: one folder per job, each with its sidecar) into one
     long-form CSV, ``<sweep_dir>/collected.csv`` (a row per job x experiment x prompt x column, with the
-    job's overrides as columns), and a plot of the value against the swept key (``task.x``, default: the
+    job's overrides as columns), and a plot of the value against the swept key (``report.x``, default: the
     first override that varies and is numeric), ``<sweep_dir>/collected.png``."""
     sweep = Path(config["sweep_dir"])
     if not sweep.is_dir():
@@ -180,7 +181,7 @@ def collect_sweep(config: dict) -> pd.DataFrame:
     atomic_write_text(path, frame.to_csv(index=False))
     swept = [key for key in frame.columns if key not in ("job", "experiment", "prompt", "column", "value")
              and frame[key].nunique() > 1 and pd.api.types.is_numeric_dtype(frame[key])]
-    x = config.get("task", {}).get("x") or (swept[0] if swept else None)
+    x = (config.get("report") or {}).get("x") or (swept[0] if swept else None)
     figure = collect_plot(frame, x, sweep / "collected.png") if x else None
     print(frame.to_string(index=False))
     print(f"\nwrote {path}" + (f" and {figure}" if figure else ""))
@@ -239,8 +240,9 @@ class BackboneTable(Callback):
 
 
 def _backbone_report(config: dict) -> pd.DataFrame:
-    return backbone_table(config["sweep_dir"], config["task"].get("column"), config["task"].get("output", "backbones"))
+    report = config["report"]
+    return backbone_table(config["sweep_dir"], report.get("column"), report.get("output", "backbones"))
 
 
-# task.name of a report -> its builder. A report combines finished results: no model, no dataset.
+# report.name -> its builder. A report combines finished results: no model, no dataset.
 REPORTS = {"table": build_paper_table, "collect": collect_sweep, "backbone_table": _backbone_report}

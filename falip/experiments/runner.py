@@ -342,19 +342,25 @@ def run_experiment(config: Mapping[str, Any], overrides: Sequence[str] = ()) -> 
 
 def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> ExperimentRecord | None:
     config = dict(config)
-    task_name = config["task"]["name"]
-    if task_name in REPORTS:
-        REPORTS[task_name](config)
+    if config.get("report"):  # a table from finished runs: no model, no dataset
+        name = config["report"].get("name")
+        if name not in REPORTS:
+            raise ConfigError(f"report.name={name!r} is not a known report; known: {sorted(REPORTS)}")
+        REPORTS[name](config)
         return None
     run = RunSettings.from_config(config["run"])
-    if task_name in ANALYSES:
-        ANALYSIS_CHECKS.get(task_name, lambda _: None)(config)
+    if config.get("analysis"):  # figures of what the model does inside: no scoring
+        name = config["analysis"].get("name")
+        if name not in ANALYSES:
+            raise ConfigError(f"analysis.name={name!r} is not a known analysis; known: {sorted(ANALYSES)}")
+        ANALYSIS_CHECKS.get(name, lambda _: None)(config)
         prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))
-        ANALYSES[task_name](config, run, load_model(config["model"], run), prompts)
+        ANALYSES[name](config, run, load_model(config["model"], run), prompts)
         return None
+    task_name = config["task"]["name"]
     if task_name not in TASKS:
-        known = sorted(TASKS) + sorted(REPORTS) + sorted(ANALYSES)
-        raise ConfigError(f"task.name={task_name!r} is not a known task; known: {known}")
+        raise ConfigError(f"task.name={task_name!r} is not a known task; known: {sorted(TASKS)} (reports: "
+                          f"report=<name>, analyses: analysis=<name>)")
     task = TASKS[task_name].from_config(config["task"])
     torch.manual_seed(run.seed)
     prompts = prompts_from_config(config.get("prompts") or {}, foveal=config.get("foveal"))

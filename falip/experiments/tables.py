@@ -50,7 +50,7 @@ def paper_table(name: str | Path) -> pd.DataFrame:
     path = paper_reference_path(name)
     if not path.is_file():
         raise DatasetError(f"paper reference table {name} not found (shipped: {sorted(p.name for p in PAPER_DIR.glob('*.csv'))}; "
-                           f"task.paper_csv may also be a path)")
+                           f"report.paper_csv may also be a path)")
     return pd.read_csv(path, index_col=0, comment="#")
 
 

@@ -38,7 +38,7 @@ def test_attention_maps_are_distributions_over_the_patches(tiny_clip):
 def test_head_sensitivity_writes_a_layer_by_head_table_and_heatmaps(tmp_path, monkeypatch):
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
     run_experiment(compose(["experiment=shapes_head_sensitivity", "dataset.generator.scenes_per_split=6",
-                            "task.max_items=6", "run.progress=false", f"run.output_dir={tmp_path}"]))
+                            "analysis.max_items=6", "run.progress=false", f"run.output_dir={tmp_path}"]))
     table = pd.read_csv(tmp_path / "shapes_head_sensitivity.csv")
     assert set(table["prompt"]) == {"RedCircle", "FALIP"} and len(table) == 2 * 4 * 4
     assert (table["mean_change"] > 0).all()

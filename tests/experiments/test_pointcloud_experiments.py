@@ -60,7 +60,7 @@ def test_pc_table_lays_out_the_paper_table(finished):
 @pytest.mark.slow
 def test_depth_views_figure_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
-    run_experiment(compose(["experiment=depth_views", "task.sample=2", "dataset.generator.shapes_per_class=2",
+    run_experiment(compose(["experiment=depth_views", "analysis.sample=2", "dataset.generator.shapes_per_class=2",
                             f"run.output_dir={tmp_path}"]))
     figure = tmp_path / "depth_views" / "shapes_3d_test_2.png"
     assert figure.stat().st_size > 10_000

@@ -60,7 +60,7 @@ def test_rec_table_from_finished_runs(tmp_path):
         frame.to_csv(tmp_path / f"{name}.csv")
         (tmp_path / f"{name}.json").write_text(json.dumps({"status": "complete"}))
     config = {"experiment_name": "rec_table", "run": {"output_dir": str(tmp_path)},
-              "task": {"name": "table", "average": "Avg", "paper_csv": "rec.csv",
+              "report": {"name": "table", "average": "Avg", "paper_csv": "rec.csv",
                        "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO TestB": ["refcoco_rec", "testB"],
                                    "RefCOCO+ TestA": ["refcocop_rec", "testA"], "RefCOCOg Test": ["refcocog_rec", "test"]}}}
     table = build_paper_table(config)
@@ -86,7 +86,7 @@ def test_rec_table_names_its_models_and_warns_off_the_paper_backbone(tmp_path, m
         (tmp_path / f"{name}.json").write_text(json.dumps({"status": "complete", "config": {"model": {"name": model_name}},
                                                            "model": {**info, "weights_sha256": weights}}))
     config = {"experiment_name": "t", "run": {"output_dir": str(tmp_path)},
-              "task": {"name": "table", "paper_csv": "rec.csv",
+              "report": {"name": "table", "paper_csv": "rec.csv",
                        "columns": {"RefCOCO TestA": ["refcoco_rec", "testA"], "RefCOCO+ TestA": ["refcocop_rec", "testA"]}}}
     table = build_paper_table(config)
     assert table.loc["FALIP", "model"] == "falip-sandbox [weights abababab] + openai/clip-vit-base-patch16 [weights cdcdcdcd]"
@@ -118,7 +118,7 @@ def test_a_paper_table_marks_partial_sources(tmp_path, capsys):
         if meta is not None:
             (tmp_path / f"{name}.json").write_text(json.dumps(meta))
     config = {"experiment_name": "t", "run": {"output_dir": str(tmp_path)},
-              "task": {"name": "table", "average": "Avg", "columns": {k.upper(): [k, "val"] for k in metas}}}
+              "report": {"name": "table", "average": "Avg", "columns": {k.upper(): [k, "val"] for k in metas}}}
     table = build_paper_table(config)
     assert list(table.columns) == ["A", "B [PARTIAL: run.limit=30]", "C [PARTIAL: status failed]",
                                    "D [PARTIAL: status interrupted]", "E [PARTIAL: no sidecar (status unknown)]",
