@@ -133,6 +133,23 @@ def prepare_views(views: Views, prompt: VisualPrompt) -> RegionInputs:
     return RegionInputs(views.pixels, list(views.regions) if needs_regions else None, count, rows=count)
 
 
+def steering_for(model: FoveatedCLIP, prompt: VisualPrompt, input_regions: Sequence[Region | None],
+                 reference_pixels: torch.Tensor | None = None,
+                 reference_index: Sequence[int] | None = None) -> Steering:
+    """What ``prompt`` does inside the tower for rows whose regions (model-input frame) are ``input_regions``:
+    its bias (``alpha=None`` = the model's own) and layers, its intervention with the ROA tokens it reads, and
+    the reference stream of a two-stream intervention. The one place a prompt becomes a :class:`Steering`."""
+    bias, layers, roa_tokens = None, None, None
+    if prompt.bias is not None:
+        spec = prompt.bias.for_model(model)
+        bias = spec.build(list(input_regions), model.image_size, model.patch_size, num_heads=model.num_heads)
+        layers = list(prompt.bias.layers) if prompt.bias.layers is not None else None
+    if prompt.intervention is not None:
+        roa_tokens = roa_token_mask(list(input_regions), model.image_size, model.patch_size)
+    return Steering(bias=bias, bias_layers=layers, intervention=prompt.intervention, reference_pixels=reference_pixels,
+                    reference_index=reference_index, roa_tokens=roa_tokens)
+
+
 class RegionEncoder:
     """Runs the forwards of one prompt in full batches across images.
 
@@ -150,7 +167,6 @@ class RegionEncoder:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model, self.prompt, self.batch_size, self.plan = model, prompt, batch_size, plan
-        self.bias = prompt.bias.for_model(model) if prompt.bias is not None else None  # alpha=None: the model's
         self.image_forwards = 0
         self.unbiased_layer_rows = 0
         self.empty_regions = 0  # rows whose region is None (an empty view): they get no bias
@@ -160,12 +176,6 @@ class RegionEncoder:
         self._queued_rows = 0
         self._done: list[torch.Tensor] = []  # embeddings forwarded but not yet handed back
         self._done_rows = 0
-
-    @property
-    def bias_layers(self) -> list[int] | None:
-        if self.prompt.bias is None or self.prompt.bias.layers is None:
-            return None
-        return list(self.prompt.bias.layers)
 
     def add(self, key: Hashable, inputs: RegionInputs) -> list[tuple[Hashable, torch.Tensor]]:
         """Queue one image's regions; returns the ``(key, (K, D) embeddings)`` that became ready."""
@@ -221,15 +231,9 @@ class RegionEncoder:
     @torch.no_grad()
     def _forward(self, count: int) -> None:
         pixels, image_index, (reference_pixels, reference_index) = self._take_rows(count)
-        bias, roa_tokens, intervention = None, None, self.prompt.intervention
         regions, self._queued_regions = self._queued_regions[:count], self._queued_regions[count:]
         self.empty_regions += sum(region is None for region in regions)
-        if self.bias is not None:
-            bias = self.bias.build(regions, self.model.image_size, self.model.patch_size, num_heads=self.model.num_heads)
-        if intervention is not None:
-            roa_tokens = roa_token_mask(regions, self.model.image_size, self.model.patch_size)
-        steering = Steering(bias=bias, bias_layers=self.bias_layers, intervention=intervention,
-                            reference_pixels=reference_pixels, reference_index=reference_index, roa_tokens=roa_tokens)
+        steering = steering_for(self.model, self.prompt, regions, reference_pixels, reference_index)
         embeddings = self.model.encode_image(pixels, image_index=image_index, steering=steering, plan=self.plan)
         self._done.append(embeddings.float().cpu())
         self._done_rows += count

@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import read_rgb
 from ..data.registry import check_dataset, load_dataset_split
-from ..encoding.regions import prepare_regions
+from ..encoding.regions import prepare_regions, steering_for
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
 from ..io import atomic_write_text, write_json
@@ -40,17 +40,17 @@ from .provenance import environment, git_state, utc_now
 from .settings import RunSettings
 
 
-def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt: VisualPrompt, resize: str):
-    """Pixels (one row per region), the prompt's bias for them and its layers."""
+def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt: VisualPrompt, resize: str,
+              rows: int | None = None):
+    """Pixels (one row per region, or the first ``rows``) and the prompt's whole :class:`Steering` for them
+    (bias, intervention, reference stream), built as the scoring loop builds it (``steering_for``)."""
     inputs = prepare_regions(model.preprocessor, image, regions, prompt, resize)
     pixels = inputs.pixels.expand(inputs.rows, -1, -1, -1) if inputs.pixels.shape[0] == 1 else inputs.pixels
-    bias, layers = None, None
-    if prompt.bias is not None:
-        bias_spec = prompt.bias.for_model(model)
-        bias = bias_spec.build(inputs.input_regions, model.image_size, model.patch_size,
-                               num_heads=model.num_heads)
-        layers = list(bias_spec.layers) if bias_spec.layers is not None else None
-    return pixels, bias, layers, inputs
+    count = inputs.rows if rows is None else rows
+    reference = inputs.reference_pixels
+    steering = steering_for(model, prompt, (inputs.input_regions or [None] * inputs.rows)[:count],
+                            reference, [0] * count if reference is not None else None)
+    return pixels[:count], steering
 
 
 def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any], prompts: Sequence[VisualPrompt],
@@ -66,8 +66,8 @@ def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any],
             image = items[index].load_image()
             plain = head_contributions(model, model.preprocess(image, task.resize))  # (1, L, H, W)
             for prompt in prompts:
-                pixels, bias, layers, _ = _prompted(model, image, regions[index], prompt, task.resize)
-                prompted = head_contributions(model, pixels, attention_bias=bias, bias_layers=layers)
+                pixels, steering = _prompted(model, image, regions[index], prompt, task.resize)
+                prompted = head_contributions(model, pixels, steering=steering)
                 sums[prompt.name] += (prompted - plain).norm(dim=-1).sum(0)
             count += len(regions[index])
     rows = [{"prompt": prompt, "layer": layer, "head": head, "mean_change": float(total[layer, head] / count)}
@@ -101,8 +101,8 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
     roa = geometry.region_to_input(region.clipped(image.width, image.height))
     inside = roa_token_mask([roa], model.image_size, model.patch_size)[0, 1:].reshape(model.grid_size, model.grid_size)
     for prompt in prompts:
-        pixels, bias, layers, _ = _prompted(model, image, [region], prompt, resize)
-        attention = cls_attention_map(model, pixels[:1], None if bias is None else bias[:1], layers, layer)[0]
+        pixels, steering = _prompted(model, image, [region], prompt, resize, rows=1)
+        attention = cls_attention_map(model, pixels, layer=layer, steering=steering)[0]
         rows.append({"prompt": prompt.name, "layer": str(layer), "roa_attention_share": float(attention[inside].sum())})
         maps.append(attention.numpy())
         edited = prompt.apply_edits(image, [region])[0][0] if prompt.edits else image

@@ -11,18 +11,23 @@ from typing import Sequence
 import torch
 
 from .clip import FoveatedCLIP
-from .steering import FULL_ROWS, bias_as_mask
+from .steering import FULL_ROWS, Steering, bias_as_mask
 from .tower import capture
 
 
 def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
-                            bias_layers: Sequence[int] | None = None) -> list[torch.Tensor]:
-    """Per layer, the attention probabilities ``(B, H, T, T)`` of the (biased) forward."""
+                            bias_layers: Sequence[int] | None = None,
+                            steering: Steering | None = None) -> list[torch.Tensor]:
+    """Per layer, the attention probabilities ``(B, H, T, T)`` of the (steered) forward: the ``q`` and ``k`` the
+    layer used (after any intervention) and its bias."""
     tower = model.tower
     layers = list(range(model.num_layers))
+    if steering is None:
+        steering = Steering(bias=attention_bias, bias_layers=bias_layers)
+    attention_bias, bias_layers = steering.bias, steering.bias_layers
     biased = model.biased_layers(bias_layers) if attention_bias is not None else set()
     with torch.inference_mode(), capture(tower, layers, ("q", "k")) as store:
-        model.encode_image(pixel_values, attention_bias, bias_layers, plan=FULL_ROWS)
+        model.encode_image(pixel_values, steering=steering, plan=FULL_ROWS)
         mask = None
         if attention_bias is not None:
             mask = bias_as_mask(tower, attention_bias, pixel_values.shape[0], torch.float32, model.device)
@@ -40,12 +45,13 @@ def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, att
 
 
 def cls_attention_map(model: FoveatedCLIP, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
-                      bias_layers: Sequence[int] | None = None, layer: int | str = -1) -> torch.Tensor:
+                      bias_layers: Sequence[int] | None = None, layer: int | str = -1,
+                      steering: Steering | None = None) -> torch.Tensor:
     """``(B, grid, grid)``: the pooled row's attention to each patch, mean over heads, in ``layer`` (an index)
     or ``"rollout"`` (Abnar & Zuidema 2020: per layer the head-mean attention plus the identity, rows
     renormalised, multiplied through the layers)."""
     tower = model.tower
-    probabilities = attention_probabilities(model, pixel_values, attention_bias, bias_layers)
+    probabilities = attention_probabilities(model, pixel_values, attention_bias, bias_layers, steering)
     pooled, patches = tower.pooled_rows.start, tower.patch_rows
     if layer == "rollout":
         tokens = probabilities[0].shape[-1]

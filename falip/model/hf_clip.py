@@ -122,24 +122,24 @@ class HFCLIPTower(VisionTower):
     def attention_scale(self, index: int) -> float:
         return float(self._layer(index).self_attn.scale)
 
-    def add_hook(self, index: int, site: str, fn: Hook) -> Callable[[], None]:
+    def add_hook(self, index: int, site: str, fn: Hook, first: bool = False) -> Callable[[], None]:
         check_site(site)
         layer = self._layer(index)
         attention = layer.self_attn
         if site in ("q", "k", "v"):
             def on_output(module, args, output):
                 return fn(output)
-            handle = getattr(attention, f"{site}_proj").register_forward_hook(on_output)
+            handle = getattr(attention, f"{site}_proj").register_forward_hook(on_output, prepend=first)
         elif site == "z":
             def on_input(module, args):
                 replaced = fn(args[0])
                 return None if replaced is None else (replaced,)
-            handle = attention.out_proj.register_forward_pre_hook(on_input)
+            handle = attention.out_proj.register_forward_pre_hook(on_input, prepend=first)
         else:  # resid_pre
             def on_layer_input(module, args):
                 replaced = fn(args[0])
                 return None if replaced is None else (replaced,) + tuple(args[1:])
-            handle = layer.register_forward_pre_hook(on_layer_input)
+            handle = layer.register_forward_pre_hook(on_layer_input, prepend=first)
         return handle.remove
 
 

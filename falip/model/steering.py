@@ -164,7 +164,7 @@ def encode_steered(tower: VisionTower, pixel_values: torch.Tensor, steering: Ste
     mask = bias_as_mask(tower, steering.bias, rows, dtype, device) if steering.bias is not None else None
     first = min(biased | set(acted), default=tower.num_layers)
     used = plan_used(plan, tower, mask, biased, first, index, intervention)
-    with hooked(tower, hooks):
+    with hooked(tower, hooks, first=True):  # before any reader, so that readers see what the layers used
         return _run_layers(tower, pixel_values, mask, biased, index, first, plan, used), used
 
 

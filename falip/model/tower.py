@@ -114,8 +114,10 @@ class VisionTower(nn.Module, ABC):
         return self.head_dim ** -0.5
 
     @abstractmethod
-    def add_hook(self, index: int, site: str, fn: Hook) -> Callable[[], None]:
-        """Install ``fn`` at ``site`` of layer ``index``; returns the function that removes it."""
+    def add_hook(self, index: int, site: str, fn: Hook, first: bool = False) -> Callable[[], None]:
+        """Install ``fn`` at ``site`` of layer ``index``; returns the function that removes it. Hooks at a site
+        run in the order they were added, except ``first`` ones, which run before all others: interventions
+        are added first, so that a reader (``capture``) sees the tensor the layer really used."""
 
 
 def check_site(site: str) -> None:
@@ -124,12 +126,13 @@ def check_site(site: str) -> None:
 
 
 @contextlib.contextmanager
-def hooked(tower: VisionTower, hooks: Sequence[tuple[int, str, Hook]]) -> Iterator[None]:
-    """Install ``(layer, site, fn)`` hooks on ``tower`` for the block, always removing them."""
+def hooked(tower: VisionTower, hooks: Sequence[tuple[int, str, Hook]], first: bool = False) -> Iterator[None]:
+    """Install ``(layer, site, fn)`` hooks on ``tower`` for the block (``first``: before the hooks already
+    there, in the given order), always removing them."""
     removers = []
     try:
-        for index, site, fn in hooks:
-            removers.append(tower.add_hook(index, site, fn))
+        for index, site, fn in (reversed(hooks) if first else hooks):
+            removers.append(tower.add_hook(index, site, fn, first=first))
         yield
     finally:
         for remove in reversed(removers):
@@ -148,4 +151,4 @@ def capture(tower: VisionTower, layers: Sequence[int],
         return record
 
     with hooked(tower, [(index, site, recorder((index, site))) for index in layers for site in sites]):
-        yield store
+        yield store  # readers run after any intervention (added first): they record what the layer used

@@ -81,3 +81,22 @@ def test_local_multirun_jobs_write_apart_and_collect_merges_them(tmp_path):
     assert sorted(collected["foveal.alpha"].unique()) == [4.0, 8.0] and (tmp_path / "sweep" / "collected.png").is_file()
     falip = collected[collected["prompt"] == "FALIP"]
     assert len(falip) == 2 and set(falip["job"].astype(str)) == {"0", "1"}
+
+
+def test_analyses_steer_with_the_whole_prompt_intervention_included(sandbox_clip):
+    """The analyses build a prompt's steering as the scoring loop does: an intervention is not dropped."""
+    from falip.experiments.analyses import _prompted
+    from falip.model.heads import head_contributions
+    from falip.model.interventions import Unleash
+    from falip.prompts import FovealBias, VisualPrompt
+
+    image, boxes, _ = example_image(0)
+    plain = VisualPrompt("F", bias=FovealBias(layers=(-2, -1)))
+    unleashed = VisualPrompt("U", bias=FovealBias(layers=(-2, -1)), intervention=Unleash(layers=(-1,)))
+    pixels, steering = _prompted(sandbox_clip, image, boxes, unleashed, "squash")
+    assert steering.intervention == Unleash(layers=(-1,)) and steering.roa_tokens is not None
+    with_unleash = head_contributions(sandbox_clip, pixels, steering=steering)
+    without = head_contributions(sandbox_clip, *(_prompted(sandbox_clip, image, boxes, plain, "squash")[:1]),
+                                 steering=_prompted(sandbox_clip, image, boxes, plain, "squash")[1])
+    assert torch.allclose(with_unleash[:, :-1], without[:, :-1], atol=1e-6)  # before the Unleash layer: the same
+    assert (with_unleash[:, -1] - without[:, -1]).abs().max() > 1e-4  # in it: 2 z' - z moves the heads' terms

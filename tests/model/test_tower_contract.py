@@ -50,9 +50,10 @@ class TinyViT(VisionTower):
             tensor = tensor if replaced is None else replaced
         return tensor
 
-    def add_hook(self, index, site, fn):
-        self._hooks.setdefault((index, site), []).append(fn)
-        return lambda: self._hooks[(index, site)].remove(fn)
+    def add_hook(self, index, site, fn, first=False):
+        hooks = self._hooks.setdefault((index, site), [])
+        hooks.insert(0, fn) if first else hooks.append(fn)
+        return lambda: hooks.remove(fn)
 
     def embed(self, pixels):
         patches = self.stem(pixels).flatten(2).transpose(1, 2)

@@ -48,7 +48,7 @@ def test_bad_specs_name_the_prompt_and_the_fix(specs, match):
 
 
 def test_bias_defaults_live_in_one_place():
-    """config.yaml's foveal section states the library's defaults; alpha is the model's (None in the library)."""
+    """configs/foveal/released.yaml states the library's defaults; alpha is the model's (None in the library)."""
     foveal = compose(["experiment=refcoco_rec"])["foveal"]
     defaults = FovealBias().config()
     assert defaults["alpha"] is None and foveal["alpha"] == 0.2  # clip_vit_b16's foveal_alpha
