@@ -263,8 +263,9 @@ def encode_regions(model: FoveatedCLIP, image: Image.Image, regions: Sequence[Re
     return ready[0][1]
 
 
-class _PreparedItems(Dataset):
-    """Loads each item's image once and prepares every prompt's region inputs (runs in dataloader workers)."""
+class PreparedItems(Dataset):
+    """Loads each item's image (or renders its views) once and prepares every prompt's region inputs: the one
+    item preparation of the scoring loop (run in dataloader workers) and of the analyses."""
 
     def __init__(self, items: Sequence, regions: Sequence[Sequence[Region | Box] | None],
                  prompts: Sequence[VisualPrompt], preprocessor: ImagePreprocessor, resize: str,
@@ -342,7 +343,7 @@ def encode_items(model: FoveatedCLIP, items: Sequence, regions: Sequence[Sequenc
     encoders = {prompt.name: RegionEncoder(model, prompt, batch_size, plan) for prompt in prompts}
     waiting: dict[int, dict[str, torch.Tensor]] = {}
     # items that render their views (point clouds) do it on the model's device, or on the CPU in workers
-    prepared_items = _PreparedItems(items, regions, prompts, model.preprocessor, resize,
+    prepared_items = PreparedItems(items, regions, prompts, model.preprocessor, resize,
                                     render_device=model.device if not num_workers else "cpu")
     if num_workers:
         loader = DataLoader(prepared_items, batch_size=None, shuffle=False, num_workers=num_workers,

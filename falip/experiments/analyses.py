@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ..data.images import read_rgb
 from ..data.registry import check_dataset, load_dataset_split
-from ..encoding.regions import prepare_regions, steering_for
+from ..encoding.regions import PreparedItems, prepare_regions, steering_for
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
 from ..io import atomic_write_text, write_json
@@ -55,21 +55,33 @@ def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt
 
 def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any], prompts: Sequence[VisualPrompt],
                      output_dir: Path, name: str, max_items: int | None = None, progress: bool = True) -> pd.DataFrame:
-    """Mean ``||G'_h - G_h||`` per (prompt, layer, head) over every region of the splits' items."""
-    sums = {prompt.name: torch.zeros(model.num_layers, model.num_heads)
-            for prompt in prompts}
+    """Mean ``||G'_h - G_h||`` per (prompt, layer, head) over every region of the splits' items.
+
+    Items are prepared as the scoring loop prepares them (:class:`~falip.encoding.regions.PreparedItems`:
+    images and their regions, or point clouds rendered to views), each prompt steers as it does there
+    (:func:`~falip.encoding.regions.steering_for`), and ``G`` is the same rows without any prompt."""
+    plain_prompt = VisualPrompt("__plain__")
+    sums = {prompt.name: torch.zeros(model.num_layers, model.num_heads) for prompt in prompts}
     count = 0
     for split in splits.values():
         items, regions = task.items(split), task.regions(split)
         limit = len(items) if max_items is None else min(max_items, len(items))
+        prepared = PreparedItems(items, regions, [plain_prompt, *prompts], model.preprocessor, task.resize,
+                                 render_device=model.device)
         for index in tqdm(range(limit), desc=f"{name} {getattr(split, 'split', '')}", disable=not progress, leave=False):
-            image = items[index].load_image()
-            plain = head_contributions(model, model.preprocess(image, task.resize))  # (1, L, H, W)
+            _, inputs, _ = prepared[index]
+            if isinstance(inputs, str):
+                raise DatasetError(f"{inputs} (head sensitivity needs every item it reads)")
+            plain = head_contributions(model, inputs[plain_prompt.name].pixels)  # (1 or V, L, H, W)
             for prompt in prompts:
-                pixels, steering = _prompted(model, image, regions[index], prompt, task.resize)
+                rows = inputs[prompt.name]
+                pixels = rows.pixels.expand(rows.rows, -1, -1, -1) if rows.pixels.shape[0] == 1 else rows.pixels
+                reference = rows.reference_pixels
+                steering = steering_for(model, prompt, rows.input_regions or [None] * rows.rows, reference,
+                                        [0] * rows.rows if reference is not None else None)
                 prompted = head_contributions(model, pixels, steering=steering)
                 sums[prompt.name] += (prompted - plain).norm(dim=-1).sum(0)
-            count += len(regions[index])
+            count += inputs[plain_prompt.name].num_regions
     rows = [{"prompt": prompt, "layer": layer, "head": head, "mean_change": float(total[layer, head] / count)}
             for prompt, total in sums.items() for layer in range(total.shape[0]) for head in range(total.shape[1])]
     frame = pd.DataFrame(rows)

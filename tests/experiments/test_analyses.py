@@ -100,3 +100,18 @@ def test_analyses_steer_with_the_whole_prompt_intervention_included(sandbox_clip
                                  steering=_prompted(sandbox_clip, image, boxes, plain, "squash")[1])
     assert torch.allclose(with_unleash[:, :-1], without[:, :-1], atol=1e-6)  # before the Unleash layer: the same
     assert (with_unleash[:, -1] - without[:, -1]).abs().max() > 1e-4  # in it: 2 z' - z moves the heads' terms
+
+
+@pytest.mark.slow
+def test_head_sensitivity_runs_on_point_cloud_items(tmp_path, monkeypatch):
+    """An analysis works on any task's items: the sandbox's 3D shapes, rendered to PointCLIP's 6 views."""
+    import pandas as pd
+
+    monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
+    run_experiment(compose(["experiment=shapes_head_sensitivity", "dataset=shapes_3d", "analysis.source=pointcloud",
+                            "analysis.source_options={}", "prompts=pointcloud", "analysis.max_items=3", "dataset.splits=[test]",
+                            "dataset.generator.shapes_per_class=1", "run.progress=false", f"run.output_dir={tmp_path}"]))
+    frame = pd.read_csv(tmp_path / "shapes_head_sensitivity.csv")
+    assert set(frame["prompt"]) == {"Original CLIP", "FALIP", "FALIP (foreground tokens)"}
+    changes = frame.groupby("prompt")["mean_change"].max()
+    assert changes["Original CLIP"] == 0 and changes["FALIP"] > 0  # no prompt: no change; FALIP moves heads
