@@ -210,3 +210,16 @@ def test_texts_longer_than_the_context_are_counted(sandbox_clip):
     long = "a photo of " + "very " * 40 + "red circle"
     texts.embed(["a photo of a red circle", long, long])
     assert texts.truncated == [long] and sandbox_clip.text_context == 16
+
+
+def test_a_decompression_bomb_becomes_a_skip_reason_not_a_crash(box_jsonl_root, tiny_clip, monkeypatch):
+    """In the scoring loop's item preparation the bomb is an unusable item (a recorded skip with
+    run.skip_bad_samples=true), like any unreadable image."""
+    from falip.encoding.regions import PreparedItems
+    from falip.prompts import FALIP
+
+    split = load_box_classification_split(box_jsonl_root, "test")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 100)
+    prepared = PreparedItems(split.samples, [[s.roa] for s in split.samples], [FALIP], tiny_clip.preprocessor, "squash")
+    index, outcome, _ = prepared[0]
+    assert index == 0 and isinstance(outcome, str) and "too large to decode safely" in outcome
