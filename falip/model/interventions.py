@@ -30,14 +30,16 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 
-def resolve_layers(layers: Sequence[int] | None, num_layers: int) -> list[int]:
-    """Layer indices (negative = from the end; ``None`` = all) as sorted non-negative ints."""
+def resolve_layers(layers: Sequence[int] | None, num_layers: int, what: str = "layer") -> list[int]:
+    """Layer indices (negative = from the end; ``None`` = all) as sorted non-negative ints; an index the
+    tower lacks is an error naming ``what`` (e.g. "bias layer") and the valid range."""
     if layers is None:
         return list(range(num_layers))
     chosen = set()
     for layer in layers:
         if not -num_layers <= int(layer) < num_layers:
-            raise ValueError(f"layer {layer} does not exist: the vision tower has {num_layers} layers")
+            raise ValueError(f"{what} {layer} does not exist: the vision tower has {num_layers} layers "
+                             f"(valid: {-num_layers}..{num_layers - 1})")
         chosen.add(int(layer) % num_layers)
     return sorted(chosen)
 

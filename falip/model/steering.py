@@ -83,15 +83,7 @@ def plan_used(plan: ExecutionPlan, tower: VisionTower, mask: torch.Tensor | None
 
 def layer_set(bias_layers: Sequence[int] | None, num_layers: int) -> set[int]:
     """``bias_layers`` as non-negative indices (``None`` = all); an index the tower lacks is an error."""
-    if bias_layers is None:
-        return set(range(num_layers))
-    chosen = set()
-    for layer in bias_layers:
-        if not -num_layers <= int(layer) < num_layers:
-            raise ValueError(f"bias layer {layer} does not exist: the vision tower has "
-                             f"{num_layers} layers (valid: {-num_layers}..{num_layers - 1})")
-        chosen.add(int(layer) % num_layers)
-    return chosen
+    return set(resolve_layers(bias_layers, num_layers, what="bias layer"))
 
 
 def bias_as_mask(tower: VisionTower, bias: torch.Tensor, batch: int, dtype: torch.dtype,
