@@ -34,10 +34,17 @@ class DatasetFormat:
     description: str
 
 
+def _given(config: Mapping[str, Any], *keys: str) -> dict[str, Any]:
+    """The ``keys`` the dataset section sets, as keyword arguments: a key it lacks takes the loader's own
+    default, so no default is restated here (the YAML states the CLI's, the loader's signature the library's)."""
+    return {key: config[key] for key in keys if key in config}
+
+
+REC_KEYS = ("root", "layout", "image_dir", "split_by", "hf_id")
+
+
 def _load_rec(config: Mapping[str, Any], split: str):
-    return load_rec_split(config["name"], split, root=config.get("root"), layout=config.get("layout", "auto"),
-                          image_dir=config.get("image_dir"), split_by=config.get("split_by"),
-                          hf_id=config.get("hf_id"), detections=config.get("detections"))
+    return load_rec_split(config["name"], split, **_given(config, *REC_KEYS, "detections"))
 
 
 def _check_rec(config: Mapping[str, Any]) -> None:
@@ -46,9 +53,7 @@ def _check_rec(config: Mapping[str, Any]) -> None:
     for split in splits:  # every name first: a typo is reported before any missing folder
         check_split(config["name"], split, config.get("split_by"))
     for split in splits:
-        resolve_rec_source(config["name"], split, root=config.get("root"), layout=config.get("layout", "auto"),
-                           image_dir=config.get("image_dir"), split_by=config.get("split_by"),
-                           hf_id=config.get("hf_id"))
+        resolve_rec_source(config["name"], split, **_given(config, *REC_KEYS))
     detections = config.get("detections")
     if detections and not Path(detections).is_file():
         raise DatasetError(f"dataset.detections {detections} is not a file (expected ReCLIP's "
@@ -56,7 +61,7 @@ def _check_rec(config: Mapping[str, Any]) -> None:
 
 
 def _load_box_jsonl(config: Mapping[str, Any], split: str):
-    return load_box_classification_split(_root(config), split, name=config.get("name", "boxes"))
+    return load_box_classification_split(_root(config), split, **_given(config, "name"))
 
 
 def _check_box_jsonl(config: Mapping[str, Any]) -> None:
@@ -122,11 +127,6 @@ def _classnames(config: Mapping[str, Any]) -> list[str] | None:
     return class_names_from(config.get("classnames"))
 
 
-def _num_points(config: Mapping[str, Any]) -> int | None:
-    value = config.get("num_points", 1024)
-    return None if value is None else int(value)
-
-
 def _distinct(load: Callable[[Mapping[str, Any], str], Any]) -> Callable[[Mapping[str, Any], str], Any]:
     """A point-cloud loader whose class names are checked to be distinct (shape_names.txt or an override)."""
     def loaded(config: Mapping[str, Any], split: str):
@@ -156,25 +156,23 @@ FORMATS: dict[str, DatasetFormat] = {
                                            lambda c: check_stanford_dogs(_root(c), c.get("splits") or []),
                                            stanford_dogs.HOW_TO_GET, "Stanford Dogs (Images/, Annotation/, *_list.mat)"),
     "imagenet_s": classification_format(
-        lambda c, split: load_imagenet_s_split(_root(c), split, str(c.get("variant", "919")), c.get("roa", "box"),
-                                               c.get("categories"), imagenet_s.name_list(c.get("classnames"))),
-        lambda c: check_imagenet_s(_root(c), c.get("splits") or [], str(c.get("variant", "919")), c.get("roa", "box")),
+        lambda c, split: load_imagenet_s_split(_root(c), split, **_given(c, "variant", "roa", "categories"),
+                                               names=imagenet_s.name_list(c.get("classnames"))),
+        lambda c: check_imagenet_s(_root(c), c.get("splits") or [], **_given(c, "variant", "roa")),
         imagenet_s.HOW_TO_GET, "ImageNet-S validation + validation-segmentation", named_lists=imagenet_s.NAME_LISTS),
     "waterbirds": classification_format(
         lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
         lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
         "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
     "modelnet40": DatasetFormat(
-        _distinct(lambda c, split: load_modelnet40_split(_root(c), split, _num_points(c), _classnames(c),
-                                                         c.get("name", "modelnet40"))),
+        _distinct(lambda c, split: load_modelnet40_split(_root(c), split, classes=_classnames(c),
+                                                         **_given(c, "num_points", "name"))),
         _check_pointcloud(lambda c: check_modelnet40(_root(c), c.get("splits") or [])),
         "ModelNet40 modelnet40_ply_hdf5_2048 (ply_data_<split><k>.h5, shape_names.txt)"),
     "scanobjectnn": DatasetFormat(
-        _distinct(lambda c, split: load_scanobjectnn_split(_root(c), split, str(c.get("variant", "PB_T50_RS")),
-                                                           _num_points(c), bool(c.get("normalize", True)),
-                                                           _classnames(c), c.get("name", "scanobjectnn"))),
-        _check_pointcloud(lambda c: check_scanobjectnn(_root(c), c.get("splits") or [],
-                                                       str(c.get("variant", "PB_T50_RS")))),
+        _distinct(lambda c, split: load_scanobjectnn_split(_root(c), split, classes=_classnames(c),
+                                                           **_given(c, "variant", "num_points", "normalize", "name"))),
+        _check_pointcloud(lambda c: check_scanobjectnn(_root(c), c.get("splits") or [], **_given(c, "variant"))),
         "ScanObjectNN h5_files (main_split[_nobg]/<split>_objectdataset*.h5)"),
 }
 

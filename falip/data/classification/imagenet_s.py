@@ -108,7 +108,7 @@ def variant_root(root: str | Path, variant: str) -> Path:
                        f"{HOW_TO_GET}")
 
 
-def check_imagenet_s(root: str | Path, splits, variant: str, roa: str) -> None:
+def check_imagenet_s(root: str | Path, splits, variant: str = "919", roa: str = "box") -> None:
     if str(variant) not in VARIANTS:
         raise DatasetError(f"dataset.variant={variant!r} is not an ImageNet-S variant; valid: {list(VARIANTS)}")
     if roa not in ROA_KINDS:
