@@ -159,13 +159,3 @@ def test_tasks_share_the_runners_one_loop():
     for path in (PACKAGE / "tasks").glob("*.py"):
         text = path.read_text()
         assert "open(" not in text and "encode_items" not in text and "tqdm" not in text, path.name
-
-
-def test_the_package_and_docs_cite_public_sources_only():
-    """Design notes outside the repository are for reading: nothing shipped refers to them."""
-    root = PACKAGE.parent
-    shipped = [p for pattern in ("falip/**/*", "docs/**/*", "README.md", "scripts/*") for p in root.glob(pattern)
-               if p.is_file() and p.suffix in {".py", ".md", ".csv", ".yaml", ".txt", ".tsv", ".sh", ""}]
-    notes = ("shared/design", "paper_spec", "data_spec", "STYLE.md", "ARCHITECTURE.md")
-    offenders = [str(p.relative_to(root)) for p in shipped if any(n in p.read_text(errors="ignore") for n in notes)]
-    assert not offenders, offenders

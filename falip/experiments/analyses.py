@@ -40,17 +40,22 @@ from .provenance import environment, git_state, utc_now
 from .settings import RunSettings
 
 
-def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt: VisualPrompt, resize: str,
-              rows: int | None = None):
-    """Pixels (one row per region, or the first ``rows``) and the prompt's whole :class:`Steering` for them
-    (bias, intervention, reference stream), built as the scoring loop builds it (``steering_for``)."""
-    inputs = prepare_regions(model.preprocessor, image, regions, prompt, resize)
+def _steered_rows(model: FoveatedCLIP, prompt: VisualPrompt, inputs, rows: int | None = None):
+    """One prepared item's pixels under ``prompt`` (one row per region, or the first ``rows``) and the prompt's
+    whole :class:`Steering` for them (bias, intervention, reference stream), built as the scoring loop builds it
+    (``steering_for``)."""
     pixels = inputs.pixels.expand(inputs.rows, -1, -1, -1) if inputs.pixels.shape[0] == 1 else inputs.pixels
     count = inputs.rows if rows is None else rows
     reference = inputs.reference_pixels
     steering = steering_for(model, prompt, (inputs.input_regions or [None] * inputs.rows)[:count],
                             reference, [0] * count if reference is not None else None)
     return pixels[:count], steering
+
+
+def _prompted(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompt: VisualPrompt, resize: str,
+              rows: int | None = None):
+    """:func:`_steered_rows` of ``image`` and its ``regions``."""
+    return _steered_rows(model, prompt, prepare_regions(model.preprocessor, image, regions, prompt, resize), rows)
 
 
 def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any], prompts: Sequence[VisualPrompt],
@@ -74,11 +79,7 @@ def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any],
                 raise DatasetError(f"{inputs} (head sensitivity needs every item it reads)")
             plain = head_contributions(model, inputs[plain_prompt.name].pixels)  # (1 or V, L, H, W)
             for prompt in prompts:
-                rows = inputs[prompt.name]
-                pixels = rows.pixels.expand(rows.rows, -1, -1, -1) if rows.pixels.shape[0] == 1 else rows.pixels
-                reference = rows.reference_pixels
-                steering = steering_for(model, prompt, rows.input_regions or [None] * rows.rows, reference,
-                                        [0] * rows.rows if reference is not None else None)
+                pixels, steering = _steered_rows(model, prompt, inputs[prompt.name])
                 prompted = head_contributions(model, pixels, steering=steering)
                 sums[prompt.name] += (prompted - plain).norm(dim=-1).sum(0)
             count += inputs[plain_prompt.name].num_regions

@@ -394,7 +394,7 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
                       file=sys.stderr)
         options = LoopOptions.from_settings(run)
         texts = TextCache(model, disk_cache=cache_root() / "text_classifiers", model_key=record.model_info["weights_sha256"])
-        with _sigterm_interrupts(), torch.inference_mode():
+        with torch.inference_mode():  # SIGTERM: run_experiment handles it for the whole run
             for split_name, split in splits.items():
                 identity = SplitIdentity.of(task, split)
                 if record.cached(split_name, identity.split_key):
