@@ -85,13 +85,16 @@ def peak_tflops(name: str) -> float | None:
 
 
 class Rows:
-    def __init__(self, columns: dict[str, str]):
-        self.columns, self.rows = columns, []
+    """The measured rows, rewritten to ``out`` after each one: a run stopped early keeps what it measured."""
+
+    def __init__(self, columns: dict[str, str], out: str | Path):
+        self.columns, self.rows, self.out = columns, [], out
 
     def add(self, section: str, measure: str, value: float | str, unit: str, detail: str = "") -> None:
         row = {"section": section, "measure": measure, "value": value, "unit": unit, "detail": detail, **self.columns}
         self.rows.append(row)
         print(json.dumps(row), flush=True)
+        write_rows(self.out, self.rows)
 
 
 def synchronize(device: torch.device) -> None:
@@ -141,10 +144,14 @@ def sandbox_cells(experiment: str, dtype: str, device: str, out: Path, limit: in
     return {(prompt, column): float(value) for prompt, row in table.iterrows() for column, value in row.items()}
 
 
-def precision(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, work: Path) -> None:
+def sandbox_precision(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, work: Path,
+                      budget: "Budget") -> None:
+    """Every cell of the sandbox tables in each reduced dtype against float32 on ``device``."""
     experiments = ["shapes_rec"] if quick else ["shapes_rec", "shapes_cls", "shapes_3d"]
     limit = 12 if quick else None
     for experiment in experiments:
+        if budget.spent(f"{experiment} precision"):
+            continue
         reference = sandbox_cells(experiment, "float32", str(device), work, limit)
         for dtype in dtypes:
             cells = sandbox_cells(experiment, dtype, str(device), work, limit)
@@ -152,8 +159,12 @@ def precision(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, 
             rows.add("precision", f"{experiment}: largest |{dtype} - float32| cell", round(change, 3),
                      "accuracy points", f"{len(reference)} cells, every prompt and split" + (
                          f", run.limit={limit}" if limit else ""))
+
+
+def pick_changes(rows: Rows, device: torch.device, dtypes: list[str], quick: bool) -> None:
+    """On ViT-B/16-sized random weights: the share of REC picks that a reduced dtype changes."""
     preset = "tiny" if quick else "vit-b16"
-    images, candidates = (4, 4) if quick else (64, 8)
+    images, candidates = (4, 4) if quick else (512, 8)
     base = random_clip(preset, seed=2).to(device)
     size = base.image_size
     generator = torch.Generator().manual_seed(1)
@@ -163,64 +174,136 @@ def precision(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, 
                                                        base.patch_size)
     texts = torch.nn.functional.normalize(torch.randn(images, base.text.width, generator=generator), dim=-1)
 
-    def picks(model: FoveatedCLIP) -> torch.Tensor:
-        embeddings = model.encode_image(pixels, bias, LAST4, image_index=index).float().cpu()
-        scores = (embeddings.view(images, candidates, -1) * texts[:, None]).sum(-1)
-        return scores.argmax(1)
+    def scores_of(model: FoveatedCLIP) -> torch.Tensor:
+        chunks = []
+        for start in range(0, images, 128):  # 128 images (1,024 regions) per forward
+            rows_ = slice(start * candidates, min(images, start + 128) * candidates)
+            chunk = model.encode_image(pixels[start:start + 128], bias[rows_], LAST4,
+                                       image_index=index[rows_] - start).float().cpu()
+            chunks.append(chunk)
+        embeddings = torch.cat(chunks)
+        return (embeddings.view(images, candidates, -1) * texts[:, None]).sum(-1)
 
-    reference = picks(base)
+    reference = scores_of(base)
+    top2 = reference.topk(2, dim=1).values
+    gap = float((top2[:, 0] - top2[:, 1]).median())
     for dtype in dtypes:
         model = random_clip(preset, seed=2, dtype=getattr(torch, dtype)).to(device)
-        changed = float((picks(model) != reference).float().mean())
+        scores = scores_of(model)
+        changed = float((scores.argmax(1) != reference.argmax(1)).float().mean())
+        drift = float((scores - reference).abs().median())
         rows.add("precision", f"{preset} (random) REC picks changed, {dtype} vs float32", round(100 * changed, 2), "%",
-                 f"{images} images x {candidates} candidates, FALIP alpha 0.2, last 4 layers")
+                 f"{images} images x {candidates} candidates, FALIP alpha 0.2, last 4 layers; median score change "
+                 f"{drift:.2e} against a median top-2 gap of {gap:.2e} (random weights: real CLIP's gaps differ)")
 
 
-def raw_forward_rate(model: FoveatedCLIP, batch: int, device: torch.device, repeats: int) -> float:
-    pixels = torch.randn(batch, 3, model.image_size, model.image_size, device=device, dtype=model.dtype)
+def raw_forward_rate(model: FoveatedCLIP, batch: int, repeats: int) -> float:
+    """Images/s of the plain batched forward (every layer, every row) on ready-made pixels."""
+    pixels = torch.randn(batch, 3, model.image_size, model.image_size, device=model.device, dtype=model.dtype)
     with torch.inference_mode():
         (median,) = interleaved_medians([lambda: model.encode_image(pixels)], repeats)
     return batch / median
 
 
-def throughput(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, work: Path) -> float:
-    """Returns the best REC pipeline rate (region embeddings/s) of ViT-B/16, for the plan."""
+def shared_forward_rate(model: FoveatedCLIP, images: int, candidates: int, repeats: int) -> float:
+    """Region embeddings/s of the GPU work alone of the REC pipeline: ready-made pixels and biases on the
+    device, each image passing its unbiased layers once (``image_index``), FALIP in the last 4 layers."""
+    generator = torch.Generator().manual_seed(4)
+    size = model.image_size
+    pixels = torch.randn(images, 3, size, size, generator=generator).to(model.device, model.dtype)
+    bias = FovealBias(alpha=0.2).for_model(model).build(boxes_for(images * candidates, size, generator), size,
+                                                        model.patch_size).to(model.device)
+    index = torch.arange(images, device=model.device).repeat_interleave(candidates)
+    with torch.inference_mode():
+        (median,) = interleaved_medians([lambda: model.encode_image(pixels, bias, LAST4, image_index=index)], repeats)
+    return images * candidates / median
+
+
+def pipeline_rate(model: FoveatedCLIP, split, batch: int, num_workers: int, path: Path) -> float:
+    """Region embeddings/s of ``evaluate_split`` (decode, resize, bias, forwards, scoring, predictions file)."""
+    options = LoopOptions(batch_size=batch, num_workers=num_workers, progress=False)
+    prompt = VisualPrompt("FALIP", bias=FovealBias(alpha=0.2))
+    path.unlink(missing_ok=True)
+    synchronize(model.device)
+    started = time.perf_counter()
+    with torch.inference_mode():
+        evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options, path)
+    synchronize(model.device)
+    return split.num_candidates / (time.perf_counter() - started)
+
+
+def throughput(rows: Rows, device: torch.device, dtypes: list[str], quick: bool, work: Path,
+               budget: "Budget") -> float:
+    """Returns the best REC pipeline rate (region embeddings/s) of ViT-B/16, for the plan.
+
+    Order of importance (the run may stop at its time budget): ViT-B/16 in the first reduced precision
+    (the full grid of batch sizes and workers), then its other dtypes at the best setting, then ViT-L/14."""
     bench_rec = load_bench_rec()
-    images, candidates = (6, 4) if quick else (256, 8)
+    images, candidates = (6, 4) if quick else (512, 8)
     root = bench_rec.write_coco_like(work / "coco", images, candidates).parent
     split = load_rec_split("shapes", "testA", root=root, layout="refer", split_by="synthetic")
-    batches = [8] if quick else [64, 256, 1024]
-    workers = [0] if quick else [0, 8]
-    repeats = 1 if quick else 3
-    best = 0.0
+    batches = [8] if quick else [256, 1024]
+    workers = [0] if quick else [0, 8, 14]
+    repeats = 1 if quick else 5
     presets = ["tiny"] if quick else ["vit-b16", "vit-l14"]
-    name = device_columns(device)["device_name"]
-    peak = peak_tflops(name)
+    peak = peak_tflops(device_columns(device)["device_name"])
+    best = 0.0
     for preset in presets:
-        for dtype in ["float32", *dtypes]:
+        for position, dtype in enumerate([*dtypes, "float32"]):
+            if budget.spent(f"{preset} {dtype} throughput"):
+                continue
             model = random_clip(preset, seed=3, dtype=getattr(torch, dtype)).to(device)
-            raw = max(raw_forward_rate(model, batch, device, repeats) for batch in batches)
             gflop = GFLOP_PER_FORWARD.get(preset)
-            share = f"{100 * raw * gflop / 1e3 / peak:.1f}% of {peak} TFLOP/s" if gflop and peak and dtype != "float32" else ""
+            raw = max(raw_forward_rate(model, batch, repeats) for batch in batches)
+            share = (f"{100 * raw * gflop / 1e3 / peak:.1f}% of the {peak} TFLOP/s dense data-sheet peak"
+                     if gflop and peak and dtype != "float32" else "")
             rows.add("throughput", f"{preset} raw batched forward, {dtype}", round(raw, 1), "images/s",
-                     f"best of batch sizes {batches}; {share}".strip("; "))
-            prompt = VisualPrompt("FALIP", bias=FovealBias(alpha=0.2))
-            for batch in batches:
-                for num_workers in workers:
-                    options = LoopOptions(batch_size=batch, num_workers=num_workers, progress=False)
-                    started = time.perf_counter()
-                    with torch.inference_mode():
-                        evaluate_split(model, RecTask(), split, [prompt], TextCache(model), options,
-                                       work / f"pred-{preset}-{dtype}-{batch}-{num_workers}.jsonl")
-                    synchronize(device)
-                    rate = split.num_candidates / (time.perf_counter() - started)
-                    if preset == presets[0]:  # ViT-B/16 (tiny with --quick): the rate the plan uses
-                        best = max(best, rate)
-                    rows.add("throughput", f"{preset} REC pipeline, {dtype}, batch {batch}, workers {num_workers}",
-                             round(rate, 1), "region embeddings/s",
-                             f"{images} COCO-like 640x480 JPEGs x {candidates} candidates; {rate / raw:.2f}x the raw "
-                             f"forward's images/s")
+                     f"best of batch sizes {batches}, median of {repeats}; {share}".strip("; "))
+            shared_images = max(batches) // candidates
+            shared = shared_forward_rate(model, shared_images, candidates, repeats)
+            rows.add("throughput", f"{preset} GPU work of the pipeline alone, {dtype}", round(shared, 1),
+                     "region embeddings/s", f"{shared_images} images x {candidates} regions on the device, image "
+                     f"shared below the last 4 layers; {shared / raw:.2f}x the raw forward's images/s")
+            grid = [(b, w) for b in batches for w in workers] if (preset == presets[0] and position == 0) else \
+                [(max(batches), max(workers))]
+            pipeline_rate(model, split, grid[0][0], grid[0][1], work / "warmup.jsonl")  # kernels, workers, caches
+            for batch, num_workers in grid:
+                rate = pipeline_rate(model, split, batch, num_workers, work / f"pred-{preset}-{dtype}.jsonl")
+                if preset == presets[0]:  # ViT-B/16 (tiny with --quick): the rate the plan uses
+                    best = max(best, rate)
+                rows.add("throughput", f"{preset} REC pipeline, {dtype}, batch {batch}, workers {num_workers}",
+                         round(rate, 1), "region embeddings/s",
+                         f"{images} COCO-like 640x480 JPEGs x {candidates} candidates; {rate / raw:.2f}x the raw "
+                         f"forward's images/s; GPU busy ~{min(100.0, 100 * rate / shared):.0f}% (pipeline rate over "
+                         f"the rate of its GPU work alone)")
+            del model
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
     return best
+
+
+def matmul_ceiling(rows: Rows, device: torch.device, quick: bool) -> None:
+    """The device's measured dense bfloat16 matrix-product rate (the ceiling the shares above are read against)."""
+    size = 256 if quick else 8192
+    a = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    b = torch.randn(size, size, device=device, dtype=torch.bfloat16)
+    (median,) = interleaved_medians([lambda: a @ b], 3 if quick else 10, warmup=3)
+    rows.add("ceiling", "dense bfloat16 matrix product", round(2 * size ** 3 / median / 1e12, 1), "TFLOP/s",
+             f"{size}^3 on random data, median of 10 after 3 warm-ups")
+
+
+class Budget:
+    """Wall seconds since the start; sections past ``limit`` are skipped with a recorded row."""
+
+    def __init__(self, rows: Rows, limit: float):
+        self.rows, self.limit, self.started = rows, limit, time.perf_counter()
+
+    def spent(self, what: str) -> bool:
+        elapsed = time.perf_counter() - self.started
+        if elapsed <= self.limit:
+            return False
+        self.rows.add("skipped", what, round(elapsed), "s", f"past --budget-s {self.limit:.0f}")
+        return True
 
 
 def plan(rows: Rows, rate: float) -> None:
@@ -244,24 +327,45 @@ def main() -> None:
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="results/benchmarks/gpu.csv")
     parser.add_argument("--quick", action="store_true", help="tiny sizes (a CPU test of the script itself)")
-    parser.add_argument("--sections", nargs="+", default=["correctness", "precision", "throughput", "plan"])
+    parser.add_argument("--budget-s", type=float, default=480.0,
+                        help="wall seconds after which the remaining sections are skipped (recorded as skipped)")
+    parser.add_argument("--sections", nargs="+",
+                        default=["ceiling", "correctness", "throughput", "picks", "precision", "plan"])
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         sys.exit("bench_gpu: --device cuda but this machine has no CUDA device (use --device cpu --quick to test)")
     dtypes = ["bfloat16"] if device.type == "cpu" else ["float16", "bfloat16"]
-    rows = Rows(device_columns(device))
+    rows = Rows(device_columns(device), args.out)
+    budget = Budget(rows, args.budget_s)
     work = Path(tempfile.mkdtemp(prefix="falip-gpu-bench-"))
+    sections = {
+        "ceiling": lambda: matmul_ceiling(rows, device, args.quick),
+        "correctness": lambda: correctness(rows, device, args.quick),
+        "throughput": lambda: throughput(rows, device, dtypes, args.quick, work, budget),
+        "picks": lambda: None if budget.spent("REC pick changes") else pick_changes(rows, device, dtypes, args.quick),
+        "precision": lambda: sandbox_precision(rows, device, dtypes, args.quick, work, budget),
+    }
     rate = 0.0
-    if "correctness" in args.sections:
-        correctness(rows, device, args.quick)
-    if "precision" in args.sections:
-        precision(rows, device, dtypes, args.quick, work)
-    if "throughput" in args.sections:
-        rate = throughput(rows, device, dtypes, args.quick, work)
+    failed = []
+    for name, measure in sections.items():
+        if name not in args.sections:
+            continue
+        try:
+            result = measure()
+        except Exception as error:  # one broken section must not cost the others' measurements
+            if args.quick:
+                raise
+            failed.append(name)
+            rows.add("error", name, type(error).__name__, "", str(error).splitlines()[0][:300] if str(error) else "")
+            continue
+        if name == "throughput":
+            rate = result
     if "plan" in args.sections:
         plan(rows, rate)
-    print("wrote", write_rows(args.out, rows.rows))
+    print("wrote", args.out)
+    if failed:
+        sys.exit(f"bench_gpu: sections failed: {failed} (their error rows are in {args.out})")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ def test_the_gpu_benchmark_runs_end_to_end_on_a_cpu(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     rows = list(csv.DictReader(out.open()))
     sections = {row["section"] for row in rows}
-    assert sections == {"correctness", "precision", "throughput", "plan"}
+    assert sections == {"ceiling", "correctness", "precision", "throughput", "plan"}
     assert all(row["device_name"] == "cpu" and row["torch"] for row in rows)
     correct = [row for row in rows if row["section"] == "correctness"]
     assert len(correct) == 3 and all(float(row["value"]) == 0.0 for row in correct)  # cpu vs cpu: the same bits
