@@ -204,13 +204,14 @@ def resize_geometry(image_width: int, image_height: int, input_size: int, mode: 
     return ResizeGeometry(image_width, image_height, input_size, new_w, new_h, left, top)
 
 
-def resize_to_input(image: Image.Image, geometry: ResizeGeometry) -> Image.Image:
-    """Apply ``geometry`` to a PIL image (bicubic, like CLIP's preprocessing) -> ``input_size`` square."""
+def resize_to_input(image: Image.Image, geometry: ResizeGeometry, resample: int = Image.BICUBIC) -> Image.Image:
+    """Apply ``geometry`` to a PIL image (``resample``: bicubic by default, like CLIP's preprocessing) ->
+    ``input_size`` square."""
     if image.size != (geometry.image_width, geometry.image_height):
         raise ValueError(f"image is {image.size}, geometry was computed for "
                          f"{(geometry.image_width, geometry.image_height)}")
     if image.size != (geometry.resized_width, geometry.resized_height):
-        image = image.resize((geometry.resized_width, geometry.resized_height), Image.BICUBIC)
+        image = image.resize((geometry.resized_width, geometry.resized_height), resample)
     if geometry.crop_left or geometry.crop_top or image.size != (geometry.input_size,) * 2:
         left, top, size = geometry.crop_left, geometry.crop_top, geometry.input_size
         image = image.crop((left, top, left + size, top + size))

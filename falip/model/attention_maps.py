@@ -12,7 +12,7 @@ import torch
 
 from .clip import FoveatedCLIP
 from .steering import FULL_ROWS, Steering, bias_as_mask
-from .tower import capture
+from .tower import capture, require_pooled_row_in_layers
 
 
 def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, attention_bias: torch.Tensor | None = None,
@@ -21,6 +21,7 @@ def attention_probabilities(model: FoveatedCLIP, pixel_values: torch.Tensor, att
     """Per layer, the attention probabilities ``(B, H, T, T)`` of the (steered) forward: the ``q`` and ``k`` the
     layer used (after any intervention) and its bias."""
     tower = model.tower
+    require_pooled_row_in_layers(tower, "the attention map")
     layers = list(range(model.num_layers))
     if steering is None:
         steering = Steering(bias=attention_bias, bias_layers=bias_layers)

@@ -3,10 +3,12 @@
 FALIP adds a bias ``M`` to the attention logits of CLIP's vision transformer,
 ``softmax(Q K^T / sqrt(d) + M) V``. ``M`` is zero except at the tokens of the ROA, where it holds a
 min-max-stretched 2D Gaussian centred on the ROA. Which entries of ``M`` get it is the
-*formulation*: ``cls`` (the paper's method: only the ``[CLS]`` query row), ``all`` (every query row)
-or ``diag`` (each ROA token attending to itself) -- the paper's ablation a / b / c.
+*formulation*: ``cls`` (the paper's method: only the pooled ``[CLS]`` query row), ``all`` (every query
+row) or ``diag`` (each ROA token attending to itself) -- the paper's ablation a / b / c -- and ``patches``
+(every patch query row, the pooled row left alone: on an attention-pooled tower, the encoder's rows only).
 
-Token layout follows HF/OpenAI CLIP: index 0 is ``[CLS]``, patch token ``(row r, col c)`` of a grid
+Token layout (the towers' steering layout, falip/model/tower.py): index 0 is the pooled query row
+(``[CLS]`` for CLIP, the attention-pooling probe for SigLIP), patch token ``(row r, col c)`` of a grid
 with ``gw`` columns has index ``1 + r * gw + c``.
 """
 from __future__ import annotations
@@ -20,7 +22,7 @@ import torch
 
 from ..geometry import Region, clip_box_to_image
 
-FORMULATIONS = ("cls", "all", "diag")
+FORMULATIONS = ("cls", "all", "patches", "diag")
 CELL_RULES = ("overlap", "released")
 
 DEFAULT_ALPHA = 0.2
@@ -226,8 +228,9 @@ def foveal_region_weights(
 def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> torch.Tensor:
     """Place per-patch weights ``(B, gh, gw)`` or ``(B, N)`` into a ``(B, N+1, N+1)`` attention bias.
 
-    ``cls``: row 0 ([CLS] query) at the patch-token columns; ``all``: every row (the [CLS] row
-    included) at those columns; ``diag``: the diagonal entries of the patch tokens.
+    ``cls``: row 0 (the pooled query) at the patch-token columns; ``all``: every row (the pooled row
+    included) at those columns; ``patches``: every patch row at those columns; ``diag``: the diagonal
+    entries of the patch tokens.
     """
     if formulation not in FORMULATIONS:
         raise ValueError(f"formulation must be one of {FORMULATIONS}, got {formulation!r}")
@@ -238,6 +241,8 @@ def bias_from_token_weights(weights: torch.Tensor, formulation: str = "cls") -> 
         bias[:, 0, 1:] = flat
     elif formulation == "all":
         bias[:, :, 1:] = flat[:, None, :]
+    elif formulation == "patches":
+        bias[:, 1:, 1:] = flat[:, None, :]
     else:
         bias[:, 1:, 1:] = torch.diag_embed(flat)
     return bias

@@ -22,9 +22,9 @@ from torch import nn
 from ..errors import FalipError
 from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
-from .hf_clip import HFCLIPText, HFCLIPTower
-from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, ImagePreprocessor
+from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESAMPLE_BICUBIC, ImagePreprocessor
 from .steering import EXACT, ExecutionPlan, PlanUsed, Steering, encode_steered, layer_set
+from .towers import check_model_type, towers_for
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -108,15 +108,15 @@ class FoveatedCLIP(nn.Module):
                  source: str | None = None):
         super().__init__()
         self.clip = clip_model
-        self.tower = HFCLIPTower(clip_model)
-        self.text = HFCLIPText(clip_model)
+        self.tower, self.text = towers_for(clip_model)
         self.tokenizer = tokenizer
         config = image_processor if isinstance(image_processor, dict) else (
             vars(image_processor) if image_processor is not None else {})
         self.preprocessor = ImagePreprocessor(
             image_size=self.tower.image_size, patch_size=self.tower.patch_size,
             image_mean=tuple(float(v) for v in (config.get("image_mean") or OPENAI_CLIP_MEAN)),
-            image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)))
+            image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)),
+            resample=int(config.get("resample", RESAMPLE_BICUBIC)))
         self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
         self.num_layers = self.tower.num_layers
 
@@ -137,7 +137,7 @@ class FoveatedCLIP(nn.Module):
         Raises :class:`CheckpointNotFoundError` naming the checkpoint and how to obtain it when it is
         not a directory, not in the cache, and cannot be downloaded.
         """
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         name = os.fspath(name_or_path)
         if _looks_like_path(name) and not Path(name).expanduser().is_dir():
@@ -147,11 +147,17 @@ class FoveatedCLIP(nn.Module):
             name = str(Path(name).expanduser())
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        kind = None
         try:
-            model = CLIPModel.from_pretrained(name, dtype=resolve_dtype(dtype), cache_dir=cache_dir,
+            config = AutoConfig.from_pretrained(name, cache_dir=cache_dir, local_files_only=local_files_only)
+            kind = str(getattr(config, "model_type", ""))
+            check_model_type(kind)
+            model = AutoModel.from_pretrained(name, config=config, dtype=resolve_dtype(dtype), cache_dir=cache_dir,
                                               attn_implementation=attn_implementation,
                                               local_files_only=local_files_only)
         except (OSError, ValueError) as error:
+            if kind is not None and "is not supported" in str(error):
+                raise CheckpointNotFoundError(f"Checkpoint '{name}': {error}") from None
             if Path(name).is_dir():
                 where, advice = "a local directory without CLIP weights", _how_to_fill(name)
             else:
@@ -211,6 +217,12 @@ class FoveatedCLIP(nn.Module):
     @property
     def logit_scale(self) -> float:
         return float(self.text.logit_scale.detach().float().exp())
+
+    @property
+    def logit_bias(self) -> float:
+        """SigLIP's learned logit bias (its scores are ``sigmoid(logit_scale * cos + logit_bias)``); 0 for CLIP.
+        A constant shift: no argmax, softmax over candidates or table metric depends on it."""
+        return self.text.logit_bias
 
     @property
     def attn_implementation(self) -> str:
@@ -306,9 +318,10 @@ class FoveatedCLIP(nn.Module):
         max_length = self.text_context
         chunks = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size]), padding=True, truncation=True,
-                                    max_length=max_length, return_tensors="pt")
-            features = self.text.features(tokens["input_ids"].to(self.device), tokens["attention_mask"].to(self.device))
+            tokens = self.tokenizer(list(texts[start:start + batch_size]), padding=self.text.padding,
+                                    truncation=True, max_length=max_length, return_tensors="pt")
+            mask = tokens.get("attention_mask")
+            features = self.text.features(tokens["input_ids"].to(self.device), None if mask is None else mask.to(self.device))
             chunks.append(features / features.norm(dim=-1, keepdim=True))
         if not chunks:
             return torch.empty(0, self.text.width, device=self.device, dtype=self.dtype)

@@ -14,7 +14,7 @@ import torch
 from .clip import FoveatedCLIP
 from .interventions import resolve_layers
 from .steering import FULL_ROWS, Steering
-from .tower import capture
+from .tower import capture, require_pooled_row_in_layers
 
 
 def head_contributions(model: FoveatedCLIP, pixel_values: torch.Tensor, *, attention_bias: torch.Tensor | None = None,
@@ -29,6 +29,7 @@ def head_contributions(model: FoveatedCLIP, pixel_values: torch.Tensor, *, atten
     whole prompt instead (bias, intervention, reference stream).
     """
     tower = model.tower
+    require_pooled_row_in_layers(tower, "the per-head decomposition")
     chosen = resolve_layers(layers, model.num_layers)
     pooled = tower.pooled_rows
     with torch.inference_mode(), capture(tower, chosen, ("z",)) as store:

@@ -1,4 +1,5 @@
-"""HF ``transformers`` CLIP as a :class:`~falip.model.tower.VisionTower`: the one module that knows its names.
+"""HF ``transformers`` CLIP as a :class:`~falip.model.tower.VisionTower` (one of the tower modules that know
+a backbone's names; HF SigLIP is :mod:`falip.model.hf_siglip`, which shares the layer code here).
 
 The tower drives ``CLIPVisionTransformer`` step by step: ``embeddings`` + ``pre_layrnorm``, each
 ``CLIPEncoderLayer`` with the additive ``attention_mask`` that both the ``eager`` and ``sdpa`` attention
@@ -23,37 +24,27 @@ CLS = slice(0, 1)
 PATCHES = slice(1, None)
 
 
-class HFCLIPTower(VisionTower):
-    """The vision side of a ``transformers`` ``CLIPModel`` (its modules are shared, not copied)."""
+class HFEncoderLayers(VisionTower):
+    """What HF CLIP-family encoder layers share (``layer_norm1`` -> ``self_attn`` with ``q_proj``/``k_proj``/
+    ``v_proj``/``out_proj`` -> ``layer_norm2`` -> ``mlp``, an additive ``attention_mask``): the layer steps,
+    the row-trimmed layer, the per-head terms and the hook sites. Subclasses give ``_layer(i)``, the
+    embedding and the readout."""
 
-    pooled_rows = CLS
-    patch_rows = PATCHES
-
-    def __init__(self, clip_model: nn.Module):
+    def __init__(self, vision: nn.Module, vision_config) -> None:
         super().__init__()
-        config = clip_model.config.vision_config
-        self.vision = clip_model.vision_model
-        self.projection = clip_model.visual_projection
-        self.image_size, self.patch_size = int(config.image_size), int(config.patch_size)
-        self.num_layers, self.num_heads = int(config.num_hidden_layers), int(config.num_attention_heads)
-        self.head_dim = int(config.hidden_size) // self.num_heads
-        self._config = config
-        self._library: Callable[..., torch.Tensor] = lambda pixels: clip_model.get_image_features(
-            pixel_values=pixels).pooler_output
+        self.vision = vision
+        self.image_size, self.patch_size = int(vision_config.image_size), int(vision_config.patch_size)
+        self.num_layers = int(vision_config.num_hidden_layers)
+        self.num_heads = int(vision_config.num_attention_heads)
+        self.head_dim = int(vision_config.hidden_size) // self.num_heads
+        self._config = vision_config
 
     @property
     def attn_implementation(self) -> str:
         return self._config._attn_implementation or "eager"
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.projection.weight.dtype
-
     def _layer(self, index: int) -> nn.Module:
         return self.vision.encoder.layers[index]
-
-    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self.vision.pre_layrnorm(self.vision.embeddings(pixels))
 
     def layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         return self._layer(index)(hidden, mask)
@@ -82,31 +73,6 @@ class HFCLIPTower(VisionTower):
         output = self._attend(attention, queries, keys, values, None if mask is None else mask[..., rows, :])
         hidden_rows = residual + attention.out_proj(output.reshape(batch, count, width))
         return hidden_rows + layer.mlp(layer.layer_norm2(hidden_rows))
-
-    def pooled_stream_layer(self, index: int, image_hidden: torch.Tensor, pooled: torch.Tensor,
-                            mask: torch.Tensor | None, image_index: torch.Tensor) -> torch.Tensor:
-        layer = self._layer(index)
-        attention = layer.self_attn
-        heads, head_dim = attention.num_heads, attention.head_dim
-        patches = layer.layer_norm1(image_hidden[:, PATCHES])
-        own = layer.layer_norm1(pooled)
-        keys = torch.cat([attention.k_proj(own), attention.k_proj(patches)[image_index]], dim=1)
-        values = torch.cat([attention.v_proj(own), attention.v_proj(patches)[image_index]], dim=1)
-        batch, tokens, width = keys.shape
-
-        def split(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.view(batch, tensor.shape[1], heads, head_dim).transpose(1, 2)
-
-        output = self._attend(attention, split(attention.q_proj(own)), split(keys), split(values),
-                              None if mask is None else mask[..., CLS, :])
-        hidden = pooled + attention.out_proj(output.reshape(batch, 1, width))
-        return hidden + layer.mlp(layer.layer_norm2(hidden))
-
-    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        return self.projection(self.vision.post_layernorm(hidden[:, 0]))
-
-    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        return self._library(pixels)
 
     def head_terms(self, index: int, z_pooled: torch.Tensor) -> torch.Tensor:
         out_proj = self._layer(index).self_attn.out_proj
@@ -143,12 +109,69 @@ class HFCLIPTower(VisionTower):
         return handle.remove
 
 
+
+class HFCLIPTower(HFEncoderLayers):
+    """The vision side of a ``transformers`` ``CLIPModel`` (its modules are shared, not copied): ``[CLS]``
+    (row 0) is the pooled row."""
+
+    pooled_rows = CLS
+    patch_rows = PATCHES
+
+    def __init__(self, clip_model: nn.Module):
+        super().__init__(clip_model.vision_model, clip_model.config.vision_config)
+        self.projection = clip_model.visual_projection
+        self._library: Callable[..., torch.Tensor] = lambda pixels: clip_model.get_image_features(
+            pixel_values=pixels).pooler_output
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.projection.weight.dtype
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision.pre_layrnorm(self.vision.embeddings(pixels))
+
+    def pooled_stream_layer(self, index: int, image_hidden: torch.Tensor, pooled: torch.Tensor,
+                            mask: torch.Tensor | None, image_index: torch.Tensor) -> torch.Tensor:
+        layer = self._layer(index)
+        attention = layer.self_attn
+        heads, head_dim = attention.num_heads, attention.head_dim
+        patches = layer.layer_norm1(image_hidden[:, PATCHES])
+        own = layer.layer_norm1(pooled)
+        keys = torch.cat([attention.k_proj(own), attention.k_proj(patches)[image_index]], dim=1)
+        values = torch.cat([attention.v_proj(own), attention.v_proj(patches)[image_index]], dim=1)
+        batch, tokens, width = keys.shape
+
+        def split(tensor: torch.Tensor) -> torch.Tensor:
+            return tensor.view(batch, tensor.shape[1], heads, head_dim).transpose(1, 2)
+
+        output = self._attend(attention, split(attention.q_proj(own)), split(keys), split(values),
+                              None if mask is None else mask[..., CLS, :])
+        hidden = pooled + attention.out_proj(output.reshape(batch, 1, width))
+        return hidden + layer.mlp(layer.layer_norm2(hidden))
+
+    def readout(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        if mask is not None:
+            raise ValueError("the [CLS] row is biased inside the layers; CLIP's readout takes no mask")
+        pooled = hidden[:, 0] if image_index is None else hidden[image_index, 0]
+        return self.projection(self.vision.post_layernorm(pooled))
+
+    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self._library(pixels)
+
+
 class HFCLIPText:
     """The text side and the shared scalars of a ``transformers`` ``CLIPModel``: projected text features,
     the context length, the learned logit scale and a config value (e.g. ``foveal_alpha``)."""
 
+    padding = "longest"  # CLIP's text tower reads the EOS row under a causal mask: padding is never seen
+
     def __init__(self, clip_model: nn.Module):
         self._model = clip_model
+
+    @property
+    def logit_bias(self) -> float:
+        return 0.0
 
     @property
     def context(self) -> int:

@@ -13,16 +13,19 @@ from ..geometry import ResizeGeometry, resize_geometry, resize_to_input
 
 OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+RESAMPLE_BICUBIC = int(Image.BICUBIC)  # CLIP's; a checkpoint's preprocessor_config.json may name another
 
 
 @dataclass(frozen=True)
 class ImagePreprocessor:
-    """Resize (``squash`` or ``crop``) + normalise for a ViT with square input ``image_size``."""
+    """Resize (``squash`` or ``crop``, PIL filter ``resample``: 3 bicubic as CLIP, 2 bilinear as SigLIP) +
+    normalise for a ViT with square input ``image_size``."""
 
     image_size: int
     patch_size: int
     image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
     image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    resample: int = RESAMPLE_BICUBIC
 
     @property
     def grid_size(self) -> int:
@@ -43,7 +46,7 @@ class ImagePreprocessor:
         arrays = []
         for image in images:
             rgb = image if image.mode == "RGB" else image.convert("RGB")
-            arrays.append(np.asarray(resize_to_input(rgb, self.geometry(rgb.width, rgb.height, resize))))
+            arrays.append(np.asarray(resize_to_input(rgb, self.geometry(rgb.width, rgb.height, resize), self.resample)))
         channels_first = np.stack(arrays).transpose(0, 3, 1, 2)  # uint8 (B, 3, S, S), a view
         pixels = np.empty(channels_first.shape, dtype=np.float32)
         np.divide(channels_first, np.float32(255.0), out=pixels, dtype=np.float32)  # in place: 3x faster

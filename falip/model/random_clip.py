@@ -1,13 +1,19 @@
-"""Randomly initialised CLIP models of known shapes, for tests and benchmarks (never for results).
+"""Randomly initialised CLIP-family models of known shapes, for tests and benchmarks (never for results).
 
 ``vit-b16`` has the vision tower of OpenAI's ViT-B/16 (224 px, patch 16, 12 layers x 768, 12 heads) and
 ``vit-l14`` that of ViT-L/14 (224 px, patch 14, 24 layers x 1024, 16 heads), so that speed and memory can
-be measured without downloading weights.
+be measured without downloading weights. ``family`` picks the ``transformers`` class: ``clip``, ``siglip``
+(an attention-pooling head, no [CLS]; texts padded to the context, as SigLIP was trained) or ``metaclip_2``.
+:func:`save_random_checkpoint` writes one as a checkpoint folder (``save_pretrained`` + tokenizer +
+``preprocessor_config.json``) that ``FoveatedCLIP.from_pretrained`` and ``model.path=`` load.
 """
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, MetaClip2Config, MetaClip2Model, SiglipConfig, SiglipModel
 
 from .clip import FoveatedCLIP
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
@@ -21,10 +27,21 @@ PRESETS = {
     "vit-l14": dict(image_size=224, patch_size=14, vision_layers=24, vision_width=1024, vision_heads=16,
                     text_layers=12, text_width=768, text_heads=12, projection_dim=768),
 }
+# per family: the config and model classes, and the preprocessing its checkpoints ship (mean, std, resample)
+FAMILIES = {
+    "clip": (CLIPConfig, CLIPModel, dict(image_mean=[0.48145466, 0.4578275, 0.40821073],
+                                         image_std=[0.26862954, 0.26130258, 0.27577711], resample=3)),
+    "metaclip_2": (MetaClip2Config, MetaClip2Model, dict(image_mean=[0.48145466, 0.4578275, 0.40821073],
+                                                         image_std=[0.26862954, 0.26130258, 0.27577711], resample=3)),
+    "siglip": (SiglipConfig, SiglipModel, dict(image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5], resample=2)),
+}
 TOY_WORDS = "a photo of the an this is red green blue yellow purple circle square triangle cross . ,".split()
 
 
-def random_clip_config(preset: str = "tiny", **overrides) -> CLIPConfig:
+def random_clip_config(preset: str = "tiny", family: str = "clip", **overrides):
+    """The ``transformers`` config of a random model of ``family`` with ``preset``'s sizes (``overrides``
+    replace any of them, e.g. ``image_size=256``; ``foveal_alpha`` is stored in the config)."""
+    foveal_alpha = overrides.pop("foveal_alpha", None)
     dims = {**PRESETS[preset], **overrides}
     tokenizer_vocab = len(TOY_WORDS) + 4
     text = dict(vocab_size=tokenizer_vocab, hidden_size=dims["text_width"],
@@ -34,13 +51,36 @@ def random_clip_config(preset: str = "tiny", **overrides) -> CLIPConfig:
     vision = dict(image_size=dims["image_size"], patch_size=dims["patch_size"], hidden_size=dims["vision_width"],
                   intermediate_size=4 * dims["vision_width"], num_hidden_layers=dims["vision_layers"],
                   num_attention_heads=dims["vision_heads"])
-    return CLIPConfig(text_config=text, vision_config=vision, projection_dim=dims["projection_dim"])
+    config_class = FAMILIES[family][0]
+    if family == "siglip":  # the text head projects to the image features' width (the vision width)
+        config = config_class(text_config={**text, "projection_size": dims["vision_width"]}, vision_config=vision)
+    else:
+        config = config_class(text_config=text, vision_config=vision, projection_dim=dims["projection_dim"])
+    if foveal_alpha is not None:
+        config.foveal_alpha = float(foveal_alpha)
+    return config
 
 
 def random_clip(preset: str = "tiny", seed: int = 0, attn_implementation: str = "sdpa",
-                dtype: torch.dtype = torch.float32, **overrides) -> FoveatedCLIP:
-    """A seeded random CLIP wrapped as :class:`FoveatedCLIP`, with a word-level toy tokenizer."""
+                dtype: torch.dtype = torch.float32, family: str = "clip", **overrides) -> FoveatedCLIP:
+    """A seeded random model of ``family`` wrapped as :class:`FoveatedCLIP`, with a word-level toy tokenizer."""
+    if family not in FAMILIES:
+        raise ValueError(f"family must be one of {sorted(FAMILIES)}, got {family!r}")
     torch.manual_seed(seed)
-    config = random_clip_config(preset, **overrides)
-    model = CLIPModel._from_config(config, attn_implementation=attn_implementation, dtype=dtype).eval()
-    return FoveatedCLIP(model, build_word_tokenizer(TOY_WORDS), source=f"random:{preset}:seed{seed}")
+    config = random_clip_config(preset, family, **overrides)
+    model = FAMILIES[family][1]._from_config(config, attn_implementation=attn_implementation, dtype=dtype).eval()
+    return FoveatedCLIP(model, build_word_tokenizer(TOY_WORDS), dict(FAMILIES[family][2]),
+                        source=f"random:{family}:{preset}:seed{seed}")
+
+
+def save_random_checkpoint(folder: str | Path, preset: str = "tiny", seed: int = 0, family: str = "clip",
+                           **overrides) -> Path:
+    """Write a random model of ``family`` as a checkpoint folder (weights, config, tokenizer, preprocessor)."""
+    folder = Path(folder)
+    model = random_clip(preset, seed, family=family, **overrides)
+    model.clip.save_pretrained(folder, safe_serialization=True)
+    model.tokenizer.save_pretrained(folder)
+    size = model.image_size
+    processor = {**FAMILIES[family][2], "size": {"height": size, "width": size}, "do_resize": True}
+    (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=1))
+    return folder

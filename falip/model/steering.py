@@ -74,7 +74,7 @@ def plan_used(plan: ExecutionPlan, tower: VisionTower, mask: torch.Tensor | None
     """The trims a forward with these inputs runs: the last-layer trim whenever ``plan.trims`` and no
     intervention; the shared first biased layer when, in addition, rows of one image share pixels and the
     mask touches only the pooled query rows; ``cls_stream`` only in that case and when asked for."""
-    trim = plan.trims and intervention is None
+    trim = plan.trims and intervention is None and tower.pooled_in_sequence
     pooled_end = tower.pooled_rows.stop
     share = (trim and image_index is not None and mask is not None and first in biased
              and not bool(mask[..., pooled_end:, :].count_nonzero()))
@@ -140,6 +140,10 @@ def encode_steered(tower: VisionTower, pixel_values: torch.Tensor, steering: Ste
     intervention = steering.intervention
     biased = layer_set(steering.bias_layers, tower.num_layers) if steering.bias is not None else set()
     acted = resolve_layers(intervention.layers, tower.num_layers) if intervention is not None else []
+    if intervention is not None and not tower.pooled_in_sequence:
+        raise ValueError(f"{type(intervention).__name__} acts on the pooled [CLS] row inside the layers; this tower "
+                         f"pools with an attention-pooling probe after them (no pooled row in its layers): use a "
+                         f"bias-only prompt")
     hooks = []
     if intervention is not None:
         one_pass = steering.reference_pixels is None  # same pixels as the reference (a bias-only prompt)
@@ -154,10 +158,17 @@ def encode_steered(tower: VisionTower, pixel_values: torch.Tensor, steering: Ste
         roa = None if steering.roa_tokens is None else steering.roa_tokens.to(device)
         hooks = intervention.hooks(tower, acted, reference, reference_rows, roa)
     mask = bias_as_mask(tower, steering.bias, rows, dtype, device) if steering.bias is not None else None
+    if mask is not None and not tower.pooled_in_sequence and not _touches_sequence_rows(tower, mask):
+        biased = set()  # the bias acts on the probe's logits in the head alone: every layer runs once per image
     first = min(biased | set(acted), default=tower.num_layers)
     used = plan_used(plan, tower, mask, biased, first, index, intervention)
     with hooked(tower, hooks, first=True):  # before any reader, so that readers see what the layers used
         return _run_layers(tower, pixel_values, mask, biased, index, first, plan, used), used
+
+
+def _touches_sequence_rows(tower: VisionTower, mask: torch.Tensor) -> bool:
+    """Whether the mask has entries in query rows the layers compute (beyond the pooled rows)."""
+    return bool(mask[..., tower.pooled_rows.stop:, :].count_nonzero())
 
 
 def _run_layers(tower: VisionTower, pixel_values: torch.Tensor, mask: torch.Tensor | None, biased: set[int],
@@ -194,6 +205,7 @@ def _run_layers(tower: VisionTower, pixel_values: torch.Tensor, mask: torch.Tens
             hidden = tower.layer_rows(position, hidden, layer_mask, pooled)
         else:
             hidden = tower.layer(position, hidden, layer_mask)
+    pool_mask = None if tower.pooled_in_sequence else mask
     if first == tower.num_layers and index is not None:
-        hidden = hidden[index]
-    return tower.readout(hidden)
+        return tower.readout(hidden, pool_mask, index)  # the rows of one image share every layer
+    return tower.readout(hidden, pool_mask)

@@ -7,12 +7,21 @@ A :class:`VisionTower` is a ViT seen as a sequence of steps the steering code dr
 * ``layer_rows(i, hidden, mask, rows, index)`` -- the same layer for some query rows only (the exact
   trims: keys and values from every token, queries from ``rows``);
 * ``pooled_stream_layer(...)`` -- the approximate ``cls_stream`` step (opt-in, never a default);
-* ``readout(hidden)`` -- pooling of :attr:`pooled_rows` + projection: unnormalised image features;
+* ``readout(hidden, mask, image_index)`` -- pooling + projection: unnormalised image features;
 * ``library_features(pixels)`` -- the library's own image features: what an unsteered call returns, bit
   for bit.
 
-Geometry: :attr:`pooled_rows` (the query rows the readout reads: ``[CLS]``, row 0, for CLIP),
-:attr:`patch_rows` (where the patch tokens sit), the patch grid and the layer/head sizes.
+Geometry, in the **steering layout** every bias and ROA mask uses -- the pooled query row(s) first, then the
+patch tokens row by row: :attr:`pooled_rows` (the query rows that pool the image) and :attr:`patch_rows`
+(where the patch tokens sit), the patch grid and the layer/head sizes. Two kinds of pooling fit it:
+
+* ``pooled_in_sequence = True`` (CLIP): the pooled rows are rows of the layers' sequence (``[CLS]``, row 0),
+  so the layout *is* the sequence; a bias acts in the layers it is given for, every row of it;
+* ``pooled_in_sequence = False`` (SigLIP's attention-pooling head): the layers' sequence holds the patch
+  rows only, and the pooled row is the head's learned probe query, which attends to the last layer's
+  tokens after the layers. A bias's patch rows act in its layers; its pooled rows act on the probe's
+  attention logits in the head (:meth:`readout` takes them), whatever the layers -- the one place a
+  pooled row exists. The exact trims that compute the pooled rows alone in a layer do not apply.
 
 Inside attention, named **hook sites** (TransformerLens' hook points, open_clip's ``q_x/k_x/v_x``) per
 layer: ``q``, ``k``, ``v`` (projections, ``(B, T, H*d)``), ``z`` (the heads' outputs side by side, the
@@ -47,6 +56,7 @@ class VisionTower(nn.Module, ABC):
     head_dim: int
     pooled_rows: slice
     patch_rows: slice
+    pooled_in_sequence: bool = True
 
     @property
     def grid_size(self) -> int:
@@ -54,7 +64,8 @@ class VisionTower(nn.Module, ABC):
 
     @property
     def num_tokens(self) -> int:
-        """Tokens of the sequence: the patches plus the rows before them (``[CLS]`` for CLIP)."""
+        """Tokens of the steering layout: the patches plus the pooled rows before them (``[CLS]`` for CLIP,
+        the probe for an attention-pooling head)."""
         return self.grid_size ** 2 + (self.patch_rows.start or 0)
 
     @property
@@ -73,11 +84,13 @@ class VisionTower(nn.Module, ABC):
 
     @abstractmethod
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
-        """``(B, 3, S, S)`` pixels -> ``(B, T, D)`` hidden states entering layer 0."""
+        """``(B, 3, S, S)`` pixels -> ``(B, T, D)`` hidden states entering layer 0 (``T`` = the sequence: the
+        layout's rows for ``pooled_in_sequence`` towers, the patch rows alone otherwise)."""
 
     @abstractmethod
     def layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        """Layer ``index`` on ``(B, T, D)`` with the additive ``mask`` ``(B or 1, 1 or H, T, T)`` (or none)."""
+        """Layer ``index`` on ``(B, T, D)`` with the additive ``mask`` ``(B or 1, 1 or H, L, L)`` in the steering
+        layout (or none); a tower whose pooled rows are not in the sequence uses its patch rows."""
 
     @abstractmethod
     def layer_rows(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, rows: slice,
@@ -93,8 +106,11 @@ class VisionTower(nn.Module, ABC):
         attending to themselves and to their image's unbiased patch rows of ``image_hidden`` ``(I, T, D)``."""
 
     @abstractmethod
-    def readout(self, hidden: torch.Tensor) -> torch.Tensor:
-        """``(B, T', D)`` last hidden states (``T'`` >= the pooled rows) -> ``(B, E)`` projected features."""
+    def readout(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        """``(I, T', D)`` last hidden states -> ``(R, E)`` projected features; with ``image_index`` ``(R,)`` row
+        ``r`` reads image ``image_index[r]``. ``mask`` (layout, ``(R or 1, 1 or H, L, L)``): its pooled rows
+        bias the pooling attention -- only where the pooled rows are not in the sequence (else ``None``)."""
 
     @abstractmethod
     def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -118,6 +134,14 @@ class VisionTower(nn.Module, ABC):
         """Install ``fn`` at ``site`` of layer ``index``; returns the function that removes it. Hooks at a site
         run in the order they were added, except ``first`` ones, which run before all others: interventions
         are added first, so that a reader (``capture``) sees the tensor the layer really used."""
+
+
+def require_pooled_row_in_layers(tower: VisionTower, what: str) -> None:
+    """A one-line error for analyses that read the pooled row inside the layers, on a tower whose pooled row
+    is an attention-pooling probe after them."""
+    if not tower.pooled_in_sequence:
+        raise ValueError(f"{what} reads the pooled [CLS] row inside the layers; {type(tower).__name__} pools with "
+                         f"an attention-pooling probe after them, so it has none (use a [CLS] tower)")
 
 
 def check_site(site: str) -> None:

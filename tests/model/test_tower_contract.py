@@ -96,8 +96,10 @@ class TinyViT(VisionTower):
         out = pooled + self._attention(index, normed[:, :1], normed, None if mask is None else mask[..., :1, :], False)
         return out + block.ffn(block.norm_b(out))
 
-    def readout(self, hidden):
-        return self.head(self.final_norm(hidden[:, 0]))
+    def readout(self, hidden, mask=None, image_index=None):
+        assert mask is None  # the [CLS] row is biased inside the layers
+        pooled = hidden[:, 0] if image_index is None else hidden[image_index, 0]
+        return self.head(self.final_norm(pooled))
 
     def library_features(self, pixels):
         hidden = self.embed(pixels)

@@ -1,0 +1,45 @@
+"""Which tower module drives a checkpoint: chosen by its ``config.json`` ``model_type``.
+
+One entry per supported family (tower + text side). ``siglip`` covers SigLIP and SigLIP 2's
+fixed-resolution checkpoints (e.g. ``google/siglip2-base-patch16-224``, which are ``SiglipModel``s);
+``siglip2`` (NaFlex: variable resolution with a patch mask) is not supported yet: its patch grid changes per
+image, which the foveal bias's fixed token grid does not follow.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+
+from .hf_clip import HFCLIPText, HFCLIPTower
+from .hf_siglip import HFSiglipText, HFSiglipTower
+from .tower import VisionTower
+
+FAMILIES: dict[str, tuple[type, type]] = {
+    "clip": (HFCLIPTower, HFCLIPText),
+    "metaclip_2": (HFCLIPTower, HFCLIPText),  # MetaCLIP 2: CLIP's layout and module names under its own class
+    "siglip": (HFSiglipTower, HFSiglipText),
+}
+UNSUPPORTED = {
+    "siglip2": "SigLIP 2 NaFlex checkpoints change their patch grid per image; use a fixed-resolution SigLIP 2 "
+               "checkpoint (e.g. google/siglip2-base-patch16-224, model_type 'siglip')",
+}
+
+
+def model_type_of(model: nn.Module) -> str:
+    return str(getattr(model.config, "model_type", "") or "")
+
+
+def check_model_type(kind: str) -> None:
+    """A one-line error for a ``model_type`` no tower module handles, naming the supported ones."""
+    if kind not in FAMILIES:
+        why = UNSUPPORTED.get(kind, "no tower module handles it")
+        raise ValueError(f"model_type {kind!r} is not supported ({why}); supported: {sorted(FAMILIES)}")
+
+
+def towers_for(model: nn.Module) -> tuple[VisionTower, Any]:
+    """The (vision tower, text side) of a loaded ``transformers`` model, by its ``model_type``."""
+    kind = model_type_of(model)
+    check_model_type(kind)
+    tower_class, text_class = FAMILIES[kind]
+    return tower_class(model), text_class(model)
