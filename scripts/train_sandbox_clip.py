@@ -29,6 +29,8 @@ from falip.sandbox.scenes import CLASS_NAMES, COLOURS, SHAPES
 from falip.sandbox.training import TRAIN_TEMPLATES, VOCABULARY, TrainConfig, train_sandbox_clip
 
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "falip" / "sandbox" / "model"
+# --family siglip: the attention-pooled sandbox model (one stage, scenes only; no point clouds)
+DEFAULT_SIGLIP_OUT = DEFAULT_OUT.parent / "model_siglip"
 # The shipped recipe (what `make train-sandbox` runs): stage 1 = scenes only, 2,500 steps; stage 2 =
 # 1,000 steps teaching depth maps with the scenes' hidden states, image embeddings and class scores held.
 RECIPE = {"pointcloud_batch": 0, "depth_words_steps": 1000, "depth_warmup_steps": 50,
@@ -36,11 +38,19 @@ RECIPE = {"pointcloud_batch": 0, "depth_words_steps": 1000, "depth_warmup_steps"
 EVAL_SEED = 777_000  # held out: training draws from seed 0's stream
 ALPHAS = (0.2, 1.0, 4.0, 8.0, 16.0, 32.0)
 ALPHAS_3D = (0.2, 0.5, 1.0, 2.0, 4.0, 16.0)
+KIND_LABELS = {"cls": "[CLS] row", "all-rows": "all rows", "patch-rows": "patch rows (encoder only)"}
 LAYER_SETS = {"all 4": None, "last 2": (-2, -1), "last 1": (-1,)}
 
 
-def evaluate(model: FoveatedCLIP, scenes: int) -> dict:
-    """Zero-shot single objects, region classification, and the REC prompt sweep."""
+def formulations(model: FoveatedCLIP) -> tuple[tuple[str, str], ...]:
+    """The sweep's bias placements: the pooled row, every row; for an attention-pooled tower also the
+    encoder's patch rows alone (its pooled row is the head's probe, outside the layers)."""
+    kinds = (("cls", "cls"), ("all-rows", "all"))
+    return kinds if model.tower.pooled_in_sequence else kinds + (("patch-rows", "patches"),)
+
+
+def evaluate(model: FoveatedCLIP, scenes: int, with_3d: bool = True) -> dict:
+    """Zero-shot single objects, region classification, the REC prompt sweep and (``with_3d``) point clouds."""
     results: dict = {"eval_seed": EVAL_SEED, "scenes_per_set": scenes}
     single = scene_classification_split(scenes, 1, EVAL_SEED)
     results["zero_shot_single_object"] = classification_accuracy(model, [ORIGINAL_CLIP], single)["Original CLIP"]
@@ -48,10 +58,12 @@ def evaluate(model: FoveatedCLIP, scenes: int) -> dict:
     prompts = [ORIGINAL_CLIP, CROP]
     for label, layers in LAYER_SETS.items():
         for alpha in ALPHAS:
-            for kind, formulation in (("cls", "cls"), ("all-rows", "all")):  # the sandbox experiments' cell rule
+            for kind, formulation in formulations(model):  # the sandbox experiments' cell rule
                 bias = FovealBias(alpha=alpha, layers=layers, formulation=formulation, cell_rule="overlap")
                 prompts.append(VisualPrompt(f"FALIP {kind} alpha={alpha} layers={label}", bias=bias))
     results["rec_objects3"] = rec_accuracy(model, prompts, rec)
+    if not with_3d:
+        return results
     shapes = shapes_3d_split(max(10, scenes // 8), EVAL_SEED + 2)  # half of them with clutter
     prompts_3d = [ORIGINAL_CLIP]
     for alpha in ALPHAS_3D:
@@ -90,13 +102,22 @@ def loss_curve(history: list[dict], path: Path) -> None:
 def model_card(log: dict, train: TrainConfig, history, results: dict, size_mb: float) -> str:
     wall_s = log["wall_time_s"]
     rec = results["rec_objects3"]
+    siglip = train.family == "siglip"
+    kinds = [kind for kind in ("cls", "all-rows", "patch-rows") if any(n.startswith(f"FALIP {kind} ") for n in rec)]
     best = {kind: max(((name, acc) for name, acc in rec.items() if name.startswith(f"FALIP {kind} ")), key=lambda x: x[1])
-            for kind in ("cls", "all-rows")}
-    lines = [
+            for kind in kinds}
+    intro = [
+        "# Sandbox SigLIP (attention-pooled) — model card", "",
+        "A tiny SigLIP-style model trained by this project on procedural scenes (falip/sandbox/scenes.py) with",
+        "the sigmoid loss: its image is pooled by an attention-pooling head (a learned probe query, no [CLS]",
+        "token), so FALIP's foveal row goes on the probe's attention logits (docs/method.md). Not a",
+        "general-purpose model: it knows 5 colours x 4 shapes (no depth maps).", ""] if siglip else [
         "# Sandbox CLIP — model card", "",
         "A tiny CLIP trained by this project on procedural scenes (falip/sandbox/scenes.py) and on PointCLIP",
         "depth maps of posed 3D shapes (falip/sandbox/shapes3d.py), so that FALIP can be run and checked",
-        "offline. Not a general-purpose model: it knows 5 colours x 4 shapes, and 6 solids as depth maps.", "",
+        "offline. Not a general-purpose model: it knows 5 colours x 4 shapes, and 6 solids as depth maps.", ""]
+    lines = [
+        *intro,
         "## Training", "",
         f"- command: `{log.get('command', 'not recorded')}`",
         f"- seed {train.seed}; {train.steps} steps x batch {train.batch_size}; AdamW lr {train.lr} "
@@ -121,8 +142,11 @@ def model_card(log: dict, train: TrainConfig, history, results: dict, size_mb: f
               f" and those embeddings' softmax over the 20 scene classes to stage 1's (weight "
               f"{train.depth_distill_class_weight} on the KL)")
            + (f"; stage-2 warmup {train.depth_warmup_steps} steps" if train.depth_warmup_steps else "")),
-        f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
-        f"text {train.text_layers} layers x {train.text_width}; projection {train.projection_dim}",
+        (f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens, no "
+         f"[CLS]) + an attention-pooling head (a probe, 4 heads); text {train.text_layers} layers x {train.text_width}, "
+         f"padded to 16 tokens, last-token pooling; sigmoid loss with a learned bias" if siglip else
+         f"- architecture: ViT {train.vision_layers} layers x {train.vision_width}, patch 8, 64 px (8x8 tokens + [CLS]); "
+         f"text {train.text_layers} layers x {train.text_width}; projection {train.projection_dim}"),
         f"- wall time {wall_s / 60:.1f} min on {platform.machine()} with {train.threads} torch threads "
         f"({log.get('machine_note', 'machine not recorded')})"
         + ("" if "stage1_from" not in log else
@@ -140,14 +164,14 @@ def model_card(log: dict, train: TrainConfig, history, results: dict, size_mb: f
         "| prompt | accuracy % |", "|---|---|",
         f"| Original CLIP (no prompt) | {rec['Original CLIP']:.1f} |",
         f"| Crop | {rec['Crop']:.1f} |",
-        f"| best FALIP [CLS] row: {best['cls'][0][len('FALIP cls '):]} | {best['cls'][1]:.1f} |",
-        f"| best FALIP all rows: {best['all-rows'][0][len('FALIP all-rows '):]} | {best['all-rows'][1]:.1f} |", "",
+        *[f"| best FALIP {KIND_LABELS[kind] if not (siglip and kind == 'cls') else 'probe row (pooling head)'}: "
+          f"{best[kind][0][len(f'FALIP {kind} '):]} | {best[kind][1]:.1f} |" for kind in kinds], "",
         "Sweep (alpha x biased layers), REC accuracy % on the same scenes:", "",
         "| layers | formulation | " + " | ".join(f"alpha {a}" for a in ALPHAS) + " |",
         "|---|---|" + "---|" * len(ALPHAS),
     ]
     for label in LAYER_SETS:
-        for kind in ("cls", "all-rows"):
+        for kind in kinds:
             cells = " | ".join(f"{rec[f'FALIP {kind} alpha={a} layers={label}']:.1f}" for a in ALPHAS)
             lines.append(f"| {label} | {kind} | {cells} |")
     if "shapes_3d" in results:
@@ -192,6 +216,9 @@ def main() -> None:
     parser.add_argument("--stage1-out", type=Path, help="two-stage recipe: also save the stage-1 (scenes-only) model here")
     parser.add_argument("--stage1-from", type=Path,
                         help="two-stage recipe: load the stage-1 model from here instead of training it")
+    parser.add_argument("--family", choices=("clip", "siglip"), default="clip",
+                        help="siglip: the attention-pooled sandbox model (scenes only, one stage; default --out "
+                             "falip/sandbox/model_siglip)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -201,6 +228,9 @@ def main() -> None:
                         help="skip training: evaluate the model in --out and rewrite its card")
     parser.add_argument("--machine-note", default="machine not shared", help="recorded in the card")
     args = parser.parse_args()
+    if args.family == "siglip":  # scenes only: no depth maps, one stage
+        args.pointcloud_batch, args.depth_words_steps = 0, 0
+        args.out = DEFAULT_SIGLIP_OUT if args.out == DEFAULT_OUT else args.out
 
     if args.eval_only:
         log = json.loads((args.out / "training_log.json").read_text())
@@ -212,7 +242,8 @@ def main() -> None:
                             depth_words_steps=args.depth_words_steps,
                             depth_distill_embedding_weight=args.depth_distill_embedding_weight,
                             depth_distill_class_weight=args.depth_distill_class_weight,
-                            depth_vision_lr=args.depth_vision_lr, depth_distill_scenes=args.depth_distill_scenes, depth_warmup_steps=args.depth_warmup_steps, seed=args.seed, threads=args.threads)
+                            depth_vision_lr=args.depth_vision_lr, depth_distill_scenes=args.depth_distill_scenes, depth_warmup_steps=args.depth_warmup_steps, seed=args.seed, threads=args.threads,
+                            family=args.family)
         started = time.perf_counter()
         _, _, history = train_sandbox_clip(train, args.out, stage1_from=args.stage1_from, stage1_out=args.stage1_out)
         wall = time.perf_counter() - started
@@ -233,7 +264,7 @@ def main() -> None:
         return
     model = FoveatedCLIP.from_pretrained(args.out)
     with torch.inference_mode():
-        results = evaluate(model, args.eval_scenes)
+        results = evaluate(model, args.eval_scenes, with_3d=train.family == "clip")
     results.update({"train_wall_time_s": round(wall, 1), "machine_note": log.get("machine_note", args.machine_note)})
     (args.out / "eval_results.json").write_text(json.dumps(results, indent=1) + "\n")
     (args.out / "MODEL_CARD.md").write_text(model_card(log, train, history, results, size_mb))

@@ -50,7 +50,7 @@ def config_hash(config: Mapping[str, Any], weights_sha256: str | None = None, co
 
 def describe_model(model: FoveatedCLIP) -> dict[str, Any]:
     """What the sidecar says about the model: where it came from, its weights hash and its geometry."""
-    return {"source": model.source, "weights_sha256": weights_fingerprint(model.clip),
+    return {"source": model.source, "model_type": model.model_type, "weights_sha256": weights_fingerprint(model.clip),
             "attn_implementation": model.attn_implementation, "dtype": str(model.dtype).replace("torch.", ""),
             "device": str(model.device), "image_size": model.image_size, "patch_size": model.patch_size,
             "vision_layers": model.num_layers, "logit_scale": round(model.logit_scale, 6)}

@@ -190,15 +190,20 @@ def collect_sweep(config: dict) -> pd.DataFrame:
 
 def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str = "backbones") -> pd.DataFrame:
     """One table from a sweep over models (``falip-run -m experiment=backbones``): rows = prompts,
-    columns = the models (config name, or the folder of ``model.path``), values = ``column`` of each
-    job's table (default: its first). Writes ``<sweep_dir>/<name>.csv`` and a sidecar naming each
+    columns = the models (config name, or the folder of ``model.path``, with the foveal alpha the job used,
+    marked ``untuned`` when the model config says its alpha was not tuned for it), values = ``column`` of
+    each job's table (default: its first). Writes ``<sweep_dir>/<name>.csv`` and a sidecar naming each
     checkpoint, its source and weights hash."""
     sweep = Path(sweep_dir)
     columns, models = {}, {}
     jobs, warnings = _finished_jobs(sweep)
     for sidecar, meta in jobs:
-        model = (meta.get("config") or {}).get("model") or {}
+        config = meta.get("config") or {}
+        model = config.get("model") or {}
         label = Path(model["path"]).name if model.get("path") else model.get("name", sidecar.parent.name)
+        alpha = (config.get("foveal") or {}).get("alpha")
+        if alpha is not None:
+            label = f"{label} [alpha {alpha}{', untuned' if model.get('foveal_alpha_tuned') is False else ''}]"
         reasons = partial_reasons(meta)
         if reasons:
             warnings.append(f"{label} ({sidecar}) is partial ({'; '.join(reasons)}): its column is marked [PARTIAL]")
@@ -211,6 +216,8 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
         columns[label] = meta["table"][chosen]
         info = meta.get("model") or {}
         models[label] = {"job": sidecar.parent.name, "source": info.get("source"), "partial": reasons,
+                         "model_type": info.get("model_type"), "foveal_alpha": alpha,
+                         "foveal_alpha_tuned": model.get("foveal_alpha_tuned"),
                          "weights_sha256": info.get("weights_sha256"), "image_size": info.get("image_size"),
                          "patch_size": info.get("patch_size"), "column": chosen, "sidecar": str(sidecar)}
     if not columns:

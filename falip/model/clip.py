@@ -24,7 +24,7 @@ from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESAMPLE_BICUBIC, ImagePreprocessor
 from .steering import EXACT, ExecutionPlan, PlanUsed, Steering, encode_steered, layer_set
-from .towers import check_model_type, towers_for
+from .towers import check_model_type, model_type_of, towers_for
 
 DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16,
           "fp16": torch.float16, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16}
@@ -217,6 +217,11 @@ class FoveatedCLIP(nn.Module):
     @property
     def logit_scale(self) -> float:
         return float(self.text.logit_scale.detach().float().exp())
+
+    @property
+    def model_type(self) -> str:
+        """The checkpoint's ``config.json`` ``model_type`` (``clip``, ``siglip``, ``metaclip_2``): its tower family."""
+        return model_type_of(self.clip)
 
     @property
     def logit_bias(self) -> float:

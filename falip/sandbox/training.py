@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 import torch
 import torch.nn.functional as F
-from transformers import CLIPConfig, CLIPModel
+from transformers import CLIPConfig, CLIPModel, SiglipConfig, SiglipModel
 
 from ..geometry import Region, resize_geometry
 from ..model.clip import FoveatedCLIP
@@ -86,15 +86,25 @@ class TrainConfig:
     depth_distill_class_weight: float = 0.0  # stage 2: x KL of those embeddings' softmax over the 20 scene classes
                                              # ("a photo of a {}.") against stage 1's
     pointcloud_max_clutter: float = 0.2
+    family: str = "clip"  # "siglip": an attention-pooled tower (a probe query, no [CLS]) trained with the sigmoid
+                          # loss (SigLIP, Zhai et al. 2023), texts padded to the context; scenes only
 
 
-def sandbox_clip_config(train: TrainConfig, vocabulary: tuple[str, ...] = VOCABULARY) -> CLIPConfig:
+def sandbox_clip_config(train: TrainConfig, vocabulary: tuple[str, ...] = VOCABULARY) -> CLIPConfig | SiglipConfig:
     text = dict(vocab_size=len(vocabulary) + len(SPECIAL_TOKENS), hidden_size=train.text_width, intermediate_size=4 * train.text_width,
                 num_hidden_layers=train.text_layers, num_attention_heads=4, max_position_embeddings=16,
                 bos_token_id=BOS_ID, eos_token_id=EOS_ID, pad_token_id=PAD_ID)
     vision = dict(image_size=INPUT_SIZE, patch_size=PATCH_SIZE, hidden_size=train.vision_width,
                   intermediate_size=4 * train.vision_width, num_hidden_layers=train.vision_layers, num_attention_heads=4)
+    if train.family == "siglip":  # image features are the vision width: the text head projects to it
+        return SiglipConfig(text_config={**text, "projection_size": train.vision_width}, vision_config=vision)
     return CLIPConfig(text_config=text, vision_config=vision, projection_dim=train.projection_dim)
+
+
+def sigmoid_loss(logits: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """SigLIP's loss: every (image, caption) pair a binary decision, ``-sum log sigmoid(+-logit) / images``."""
+    signs = 2 * positives.float() - 1
+    return -F.logsigmoid(signs * logits).sum() / logits.shape[0]
 
 
 def preprocessor() -> ImagePreprocessor:
@@ -325,6 +335,11 @@ def train_sandbox_clip(train: TrainConfig, out_dir: str | Path | None = None,
     :func:`learn_depth_maps`."""
     torch.set_num_threads(train.threads)
     two_stage = train.depth_words_steps > 0
+    if train.family not in ("clip", "siglip"):
+        raise ValueError(f"family must be 'clip' or 'siglip', got {train.family!r}")
+    if train.family == "siglip" and (two_stage or train.pointcloud_batch):
+        raise ValueError("the attention-pooled sandbox model learns scenes only: set depth_words_steps=0 and "
+                         "pointcloud_batch=0")
     if two_stage and train.pointcloud_batch:
         raise ValueError("the two-stage recipe (depth_words_steps > 0) learns depth maps in stage 2 only: "
                          "set pointcloud_batch=0")
@@ -352,7 +367,13 @@ def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Calla
     rng = np.random.default_rng(train.seed)
     rng_3d = np.random.default_rng([train.seed, 3])  # its own stream: the scene batches do not depend on it
     tokenizer = build_word_tokenizer(vocabulary)
-    model = CLIPModel._from_config(sandbox_clip_config(train, vocabulary), attn_implementation="sdpa")
+    siglip = train.family == "siglip"
+    model_class = SiglipModel if siglip else CLIPModel
+    model = model_class._from_config(sandbox_clip_config(train, vocabulary), attn_implementation="sdpa")
+    if siglip:  # the SigLIP paper's initialisation: temperature 10, bias -10
+        with torch.no_grad():
+            model.logit_scale.fill_(math.log(10.0))
+            model.logit_bias.fill_(-10.0)
     model.train()
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embedding" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embedding" not in n)]
@@ -373,12 +394,20 @@ def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Calla
             pixels, captions, positives = mixed_batch(rng, rng_3d, train, prep)
         else:
             pixels, captions, positives = make_batch(rng, train, prep)
-        tokens = tokenizer(captions, padding=True, return_tensors="pt")
         image = model.get_image_features(pixel_values=pixels).pooler_output
-        text = model.get_text_features(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"]).pooler_output
+        if siglip:  # padded to the context, no mask: as SigLIP trains and as FoveatedCLIP encodes its texts
+            tokens = tokenizer(captions, padding="max_length", max_length=16, return_tensors="pt")
+            text = model.get_text_features(input_ids=tokens["input_ids"]).pooler_output
+        else:
+            tokens = tokenizer(captions, padding=True, return_tensors="pt")
+            text = model.get_text_features(input_ids=tokens["input_ids"],
+                                           attention_mask=tokens["attention_mask"]).pooler_output
         image, text = F.normalize(image, dim=-1), F.normalize(text, dim=-1)
         logits = model.logit_scale.exp().clamp(max=100) * image @ text.T
-        loss = batch_loss(logits, positives, train.batch_size, train)
+        if siglip:
+            loss = sigmoid_loss(logits + model.logit_bias, positives)
+        else:
+            loss = batch_loss(logits, positives, train.batch_size, train)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -388,6 +417,7 @@ def _train_on_scenes(train: TrainConfig, vocabulary: tuple[str, ...], log: Calla
         if step % train.log_every == 0 or step == train.steps - 1:
             entry = {"step": step, "loss": round(loss.item(), 5), "lr": lr_at(step),
                      "logit_scale": round(model.logit_scale.detach().exp().item(), 3),
+                     **({"logit_bias": round(model.logit_bias.item(), 3)} if siglip else {}),
                      "elapsed_s": round(time.perf_counter() - started, 1)}
             history.append(entry)
             log(json.dumps(entry))

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from falip.model.bias import roa_cells
-from falip.model.random_clip import random_clip
+from falip.model.random_clip import random_clip, save_random_checkpoint
 from falip.prompts import FALIP, ORIGINAL_CLIP, FovealBias
 from falip.encoding.regions import encode_regions
 
@@ -116,13 +116,12 @@ def test_patch_14_at_336_pixels_maps_boxes_to_the_right_tokens():
 
 
 @pytest.mark.slow
-def test_backbone_study_over_checkpoints_of_other_geometries(tmp_path):
-    paths = []
-    for name, dims in {"p8_32px": dict(image_size=32, patch_size=8), "p14_56px": dict(image_size=56, patch_size=14)}.items():
-        model = random_clip("tiny", seed=1, **dims)
-        model.clip.save_pretrained(tmp_path / name)
-        model.tokenizer.save_pretrained(tmp_path / name)
-        paths.append(str(tmp_path / name))
+def test_backbone_study_over_checkpoints_of_other_geometries_and_families(tmp_path):
+    """One sweep over CLIP checkpoints of two geometries, a SigLIP (attention-pooled) and a MetaCLIP 2 one."""
+    checkpoints = {"p8_32px": dict(image_size=32, patch_size=8), "p14_56px": dict(image_size=56, patch_size=14),
+                   "siglip_p8": dict(family="siglip"), "metaclip2_p8": dict(family="metaclip_2")}
+    paths = [str(save_random_checkpoint(tmp_path / name, "tiny", seed=seed, **dims))
+             for seed, (name, dims) in enumerate(checkpoints.items())]
     done = subprocess.run([sys.executable, "-m", "falip.cli", "-m", "experiment=shapes_backbones",
                            f"model.path={','.join(paths)}", "dataset.generator.scenes_per_split=5", "run.progress=false",
                            "hydra.sweep.dir=sweep"], cwd=tmp_path, env=env(tmp_path), capture_output=True, text=True,
@@ -131,7 +130,9 @@ def test_backbone_study_over_checkpoints_of_other_geometries(tmp_path):
     import pandas as pd
 
     table = pd.read_csv(tmp_path / "sweep" / "backbones.csv", index_col=0)
-    assert list(table.columns) == ["p8_32px", "p14_56px"] and "FALIP" in table.index
+    labels = [f"{name} [alpha 8.0]" for name in checkpoints]  # the sandbox model config: alpha tuned (for it)
+    assert list(table.columns) == labels and "FALIP" in table.index
     models = json.loads((tmp_path / "sweep" / "backbones.json").read_text())["models"]
-    assert models["p14_56px"]["patch_size"] == 14 and models["p14_56px"]["image_size"] == 56
-    assert models["p8_32px"]["weights_sha256"] != models["p14_56px"]["weights_sha256"]
+    assert models[labels[1]]["patch_size"] == 14 and models[labels[1]]["image_size"] == 56
+    assert [models[label]["model_type"] for label in labels] == ["clip", "clip", "siglip", "metaclip_2"]
+    assert len({models[label]["weights_sha256"] for label in labels}) == 4

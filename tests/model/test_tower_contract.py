@@ -203,3 +203,90 @@ def test_head_terms_sum_to_the_pooled_rows_update(tower):
         terms = tower.head_terms(index, z_pooled)
         assert terms.shape == (2, 2, 16)
         assert torch.allclose(terms.sum(1) + tower.head_bias(index), tower.blocks[index].proj(z_pooled), atol=1e-6)
+
+
+class TinyProbeViT(TinyViT):
+    """The same blocks without [CLS]: 4x4 patch tokens only, pooled after the layers by a learned probe query
+    (one attention over the last tokens, as SigLIP's head) -- the other kind of pooling the contract names."""
+
+    pooled_in_sequence = False
+
+    def __init__(self, seed: int = 0, width: int = 16):
+        super().__init__(seed, width)
+        self.probe = nn.Parameter(torch.randn(1, 1, width))
+        self.pool_q, self.pool_kv = nn.Linear(width, width), nn.Linear(width, 2 * width)
+
+    def embed(self, pixels):
+        return self.stem(pixels).flatten(2).transpose(1, 2) + self.positions[:, 1:]
+
+    def layer(self, index, hidden, mask):
+        return super().layer(index, hidden, None if mask is None else mask[..., 1:, 1:])
+
+    def layer_rows(self, index, hidden, mask, rows, image_index=None):
+        raise AssertionError("a probe tower's layers are never trimmed to the pooled rows")
+
+    def readout(self, hidden, mask=None, image_index=None):
+        normed = self.final_norm(hidden)
+        keys, values = self.pool_kv(normed).chunk(2, dim=-1)
+        if image_index is not None:
+            keys, values = keys[image_index], values[image_index]
+        query = self.pool_q(self.probe).expand(len(keys), -1, -1)
+        batch, width = len(keys), keys.shape[-1]
+
+        def heads(t):
+            return t.view(batch, t.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
+
+        logits = heads(query) @ heads(keys).transpose(-1, -2) / math.sqrt(self.head_dim)
+        if mask is not None:
+            logits = logits + mask[..., :1, 1:]
+        pooled = (logits.softmax(-1) @ heads(values)).transpose(1, 2).reshape(batch, width)
+        return self.head(pooled)
+
+
+def probe_by_hand(tower: TinyProbeViT, pixels, mask=None, layers=()):
+    """The probe tower written out: blocks over the patches (the mask's patch rows in ``layers``), then the
+    probe's attention with the mask's row 0 added to its logits."""
+    hidden = tower.embed(pixels)
+    for index, block in enumerate(tower.blocks):
+        normed = block.norm_a(hidden)
+        q, k, v = block.query(normed), block.key(normed), block.value(normed)
+        b, t, w = q.shape
+        split = [x.view(b, t, 2, w // 2).transpose(1, 2) for x in (q, k, v)]
+        logits = split[0] @ split[1].transpose(-1, -2) / math.sqrt(w // 2)
+        if mask is not None and index in layers:
+            logits = logits + mask[:, None, 1:, 1:]
+        hidden = hidden + block.proj((logits.softmax(-1) @ split[2]).transpose(1, 2).reshape(b, t, w))
+        hidden = hidden + block.ffn(block.norm_b(hidden))
+    normed = tower.final_norm(hidden)
+    keys, values = tower.pool_kv(normed).chunk(2, dim=-1)
+    query = tower.pool_q(tower.probe)[0, 0]  # (w,)
+    out = []
+    for row in range(len(pixels)):
+        per_head = []
+        for h in range(2):
+            part = slice(h * 8, (h + 1) * 8)
+            scores = keys[row, :, part] @ query[part] / math.sqrt(8)
+            if mask is not None:
+                scores = scores + mask[row, 0, 1:]
+            per_head.append(scores.softmax(0) @ values[row, :, part])
+        out.append(torch.cat(per_head))
+    return tower.head(torch.stack(out))
+
+
+@torch.no_grad()
+def test_a_probe_pooled_tower_plugs_in_through_the_contract_alone():
+    tower = TinyProbeViT().eval()
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))
+    index = [0, 0, 1, 1, 1]
+    plain, used = encode_steered(tower, images)
+    assert used is None and torch.equal(plain, tower.library_features(images))
+    for formulation, layers in (("cls", [-1]), ("cls", None), ("all", [-1]), ("patches", [1, 2])):
+        steering = Steering(bias=bias(formulation), bias_layers=layers)
+        shared, used = encode_steered(tower, images, steering, index)
+        expected = probe_by_hand(tower, images[index], bias(formulation),
+                                 set() if formulation == "cls" else {i % 3 for i in (layers or [0, 1, 2])})
+        assert (shared - expected).abs().max() < 1e-5, formulation
+        assert not used.pooled_only_last_layer and not used.shared_first_biased_layer
+        assert (shared - encode_steered(tower, images[index])[0]).abs().max() > 1e-3  # the bias acts
+    with pytest.raises(ValueError, match="attention-pooling probe"):
+        encode_steered(tower, images, Steering(intervention=Unleash(layers=None)))
