@@ -42,3 +42,19 @@ def test_the_run_section_and_its_schema_name_the_same_keys():
     assert set(run) == set(RUN_SCHEMA) == {f.name for f in fields(RunSettings)}
     settings = RunSettings.from_config(run)
     assert settings.batch_size == run["batch_size"] and settings.trims is True and settings.cls_stream is False
+
+
+def test_every_model_of_the_backbone_study_composes_with_its_alpha_and_tuned_marker():
+    """The backbone study's sweep (CLIP, MetaCLIP 2 and the probe-pooled SigLIPs) composes offline, each model
+    config naming its alpha and whether it was tuned for it (the table marks untuned ones)."""
+    import yaml
+
+    study = yaml.safe_load((Path(__file__).parents[2] / "falip" / "configs" / "experiment" / "backbones.yaml").read_text())
+    models = study["hydra"]["sweeper"]["params"]["model"].split(",")
+    assert {"siglip_b16", "siglip2_b16", "metaclip2_b16", "clip_vit_b16"} <= set(models)
+    for model in models:
+        config = compose(["experiment=backbones", f"model={model}"])
+        assert config["foveal"]["alpha"] == config["model"]["foveal_alpha"] == 0.2
+        assert config["model"]["foveal_alpha_tuned"] is (model == "clip_vit_b16"), model
+        prompts = prompts_from_config(config["prompts"], foveal=config["foveal"])
+        assert [p.name for p in prompts] == ["Original CLIP", "RedCircle", "FALIP"]
