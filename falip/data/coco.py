@@ -32,10 +32,11 @@ def image_in_root(root: str | Path, relative: Any, where: str) -> Path:
     return Path(root) / relative
 
 
-def load_coco(path: str | Path):
+def load_coco(path: str | Path, categories: bool = True):
     """A ``pycocotools.coco.COCO`` index of the instances file ``path``, after checking its shape: a JSON
     object with an ``images`` list whose entries have ``id`` and ``file_name``; every problem is one
-    :class:`DatasetError` naming the file and the field."""
+    :class:`DatasetError` naming the file and the field. ``categories=False``: the file's categories are
+    not indexed (annotations need no ``category_id``)."""
     from pycocotools.coco import COCO
 
     path = Path(path)
@@ -55,6 +56,8 @@ def load_coco(path: str | Path):
             raise DatasetError(f"{path}: images[{number}] lacks 'id' or 'file_name' (has {keys})")
     if not isinstance(data.get("annotations", []), list):
         raise DatasetError(f"{path}: 'annotations' must be a list")
+    if not categories:
+        data.pop("categories", None)
     coco = COCO()
     coco.dataset = data
     try:

@@ -23,6 +23,7 @@ from .classification.waterbirds import check_waterbirds, load_waterbirds_split
 from .pointcloud.modelnet40 import check_modelnet40, load_modelnet40_split
 from .pointcloud.scanobjectnn import check_scanobjectnn, load_scanobjectnn_split
 from .rec.loading import check_split, load_rec_split, resolve_rec_source
+from .regions import load_regions
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,29 @@ def _check_pointcloud(check: Callable[[Mapping[str, Any]], None]) -> Callable[[M
     return checked
 
 
+def _load_regions(config: Mapping[str, Any], split: str):
+    if split != "all":
+        raise ConfigError(f"a regions file has one split, 'all' (dataset.splits=[all]), not {split!r}")
+    if not config.get("file"):
+        raise ConfigError("set regions=<file>: a COCO-format .json or a box .jsonl of your images' boxes "
+                          "(falip/data/regions.py)")
+    return load_regions(config["file"], config.get("image_root"))
+
+
+def _check_regions(config: Mapping[str, Any]) -> None:
+    for split in config.get("splits") or []:
+        if split != "all":
+            raise ConfigError(f"a regions file has one split, 'all' (dataset.splits=[all]), not {split!r}")
+    if not config.get("file"):
+        raise ConfigError("set regions=<file>: a COCO-format .json or a box .jsonl of your images' boxes "
+                          "(falip/data/regions.py)")
+    if not Path(config["file"]).is_file():
+        raise DatasetError(f"regions file {config['file']} does not exist (a COCO-format .json or a box .jsonl)")
+
+
 FORMATS: dict[str, DatasetFormat] = {
+    "regions": DatasetFormat(_load_regions, _check_regions,
+                             "your own images and boxes, no labels: COCO-format .json or box .jsonl (falip/data/regions.py)"),
     "rec": DatasetFormat(_load_rec, _check_rec, "RefCOCO-style REC: refer toolkit / ReCLIP jsonl / HF layouts"),
     "box_jsonl": classification_format(_load_box_jsonl, _check_box_jsonl, "classes.txt + <split>.jsonl",
                                        "region classification: classes.txt + <split>.jsonl (falip.data.classification.boxes)"),

@@ -97,6 +97,9 @@ class SplitResult:
 
     @property
     def correct(self) -> dict[str, int]:
+        """Per prompt, the lines scored correct ({} for a task without labels)."""
+        if "accuracy" not in self.metrics:
+            return {}
         names = self.metrics["accuracy"]
         return {name: sum(line["correct"][name] for line in self.lines) for name in names}
 

@@ -219,6 +219,12 @@ class FoveatedCLIP(nn.Module):
         return float(self.text.logit_scale.detach().float().exp())
 
     @property
+    def probability(self) -> str:
+        """How this family reads its logits as probabilities: ``softmax`` over the candidates (CLIP's
+        contrastive loss) or ``sigmoid`` of each (SigLIP's pairwise loss)."""
+        return self.text.probability
+
+    @property
     def model_type(self) -> str:
         """The checkpoint's ``config.json`` ``model_type`` (``clip``, ``siglip``, ``metaclip_2``): its tower family."""
         return model_type_of(self.clip)

@@ -165,6 +165,7 @@ class HFCLIPText:
     the context length, the learned logit scale and a config value (e.g. ``foveal_alpha``)."""
 
     padding = "longest"  # CLIP's text tower reads the EOS row under a causal mask: padding is never seen
+    probability = "softmax"  # contrastive training: a softmax over the candidates
 
     def __init__(self, clip_model: nn.Module):
         self._model = clip_model

@@ -109,6 +109,7 @@ class HFSiglipText:
     table metric is the same as with the cosine alone."""
 
     padding = "max_length"
+    probability = "sigmoid"  # the sigmoid loss: every (image, text) pair on its own
 
     def __init__(self, siglip_model: nn.Module):
         self._model = siglip_model

@@ -2,8 +2,9 @@
 from .base import Line, Task
 from .classification import ClassificationTask
 from .pointcloud import PointCloudTask
+from .predict import PredictTask, predict
 from .rec import RecTask
 
-TASKS: dict[str, type[Task]] = {task.name: task for task in (RecTask, ClassificationTask, PointCloudTask)}
+TASKS: dict[str, type[Task]] = {task.name: task for task in (RecTask, ClassificationTask, PointCloudTask, PredictTask)}
 
-__all__ = ["Task", "Line", "RecTask", "ClassificationTask", "PointCloudTask", "TASKS"]
+__all__ = ["Task", "Line", "RecTask", "ClassificationTask", "PointCloudTask", "PredictTask", "predict", "TASKS"]
