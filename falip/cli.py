@@ -155,8 +155,48 @@ def unknown_key_error(arguments: list[str]) -> str | None:
     return None
 
 
+EXPERIMENTS_DIR = Path(__file__).resolve().parent / "configs" / "experiment"
+
+
+def _description(path: Path) -> str:
+    """The experiment file's first comment line (after Hydra's ``@package`` line)."""
+    for line in path.read_text().splitlines():
+        text = line.lstrip("#").strip()
+        if line.startswith("#") and text and not text.startswith("@package"):
+            return text
+    return ""
+
+
+def _needs(config: dict) -> str:
+    """What an experiment needs before it runs, read from its composed config."""
+    if config.get("report"):
+        return "finished runs (run the experiments it combines first)"
+    dataset, model, needs = config.get("dataset") or {}, config.get("model") or {}, []
+    if dataset.get("format") == "regions":
+        needs.append("regions=<file> and classes= or texts=")
+    elif not dataset.get("generator") and not dataset.get("root") and "image" not in config:
+        needs.append("dataset.root=<dir> (docs/datasets.md)")
+    if model.get("name") != "falip-sandbox" and not model.get("path"):
+        needs.append(f"the checkpoint {model.get('name')} (HF cache or model.path=)")
+    return "; ".join(needs) or "nothing (offline: the sandbox model and generated data or an example image)"
+
+
+def list_experiments() -> list[tuple[str, str, str]]:
+    """(name, one-line description, what it needs) of every shipped experiment config."""
+    rows = []
+    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+        overrides = [f"experiment={path.stem}"] + (["sweep_dir=."] if "sweep_dir: ???" in path.read_text() else [])
+        rows.append((path.stem, _description(path), _needs(compose(overrides))))
+    return rows
+
+
 def main() -> None:
     _register_resolvers()
+    if "--list" in sys.argv[1:]:
+        for name, description, needs in list_experiments():
+            print(f"{name}\n    {description}\n    needs: {needs}")
+        print("\nrun one: falip-run experiment=<name> [key=value ...]; docs/experiments.md has each in detail")
+        return
     problem = unknown_key_error(sys.argv[1:])
     if problem:
         _fail(problem, 2)

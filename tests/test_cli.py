@@ -55,3 +55,21 @@ def test_an_empty_model_folder_gets_folder_advice(tmp_path):
     done = falip_run(f"model.path={tmp_path / 'empty-model'}", "dataset.generator.scenes_per_split=2", cwd=tmp_path)
     one_line_error(done, "a local directory without CLIP weights", "--local-dir")
     assert f"download {tmp_path / 'empty-model'}" not in done.stderr
+
+
+def test_list_names_every_experiment_config_with_a_description_and_its_needs():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "falip.cli", "--list"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    configs = sorted(p.stem for p in (Path(__file__).parents[1] / "falip" / "configs" / "experiment").glob("*.yaml"))
+    listed = [line.strip() for line in done.stdout.splitlines() if line and not line.startswith(" ")][:-1]
+    assert listed == configs
+    text = done.stdout
+    assert "shapes_rec\n    The default, offline experiment" in text
+    assert "refcoco_rec\n" in text and "needs: dataset.root=<dir> (docs/datasets.md); the checkpoint " \
+                                      "openai/clip-vit-base-patch16" in text
+    assert "predict\n    FALIP on your own images" in text and "needs: regions=<file>" in text
+    assert all(line.strip() for line in text.splitlines() if line.startswith("    ")), "an empty description"
