@@ -27,6 +27,8 @@ class TextCache:
         self.model_key = model_key
         self.classifiers_from_disk = 0
         self.truncated: list[str] = []  # distinct texts longer than the text encoder's context (cut to it)
+        self.unknown: list[str] = []  # distinct texts with words the tokenizer does not know ([UNK])
+        self.unknown_tokens = self.tokens = 0  # over the distinct texts encoded
         self._cache: dict[str, torch.Tensor] = {}
 
     @property
@@ -41,7 +43,11 @@ class TextCache:
         if new:
             context = self.model.text_context
             self.truncated.extend(text for text, count in zip(new, self.model.text_token_counts(new)) if count > context)
-            embeddings = self.model.encode_text(new, batch_size=self.batch_size).float().cpu()
+            counts = self.model.unknown_token_counts(new)
+            self.unknown.extend(text for text, (unknown, _) in zip(new, counts) if unknown)
+            self.unknown_tokens += sum(unknown for unknown, _ in counts)
+            self.tokens += sum(total for _, total in counts)
+            embeddings = self.model.encode_text(new, batch_size=self.batch_size, warn_unknown=False).float().cpu()
             self._cache.update(zip(new, embeddings))
         if not texts:
             return torch.empty(0, 0)

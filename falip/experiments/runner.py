@@ -423,6 +423,13 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
                 summary = result.console_summary(task.unit)
                 if summary:
                     print(f"[falip] {summary} (details: {record.json_path})", file=sys.stderr)
+        if texts.unknown and ranks.is_main:
+            share = 100.0 * texts.unknown_tokens / max(1, texts.tokens)
+            record.extra["texts_with_unknown_words"] = {"count": len(texts.unknown), "unknown_token_share_%": round(share, 2),
+                                                        "examples": texts.unknown[:3]}
+            print(f"[falip] warning: {len(texts.unknown)} of {texts.num_encoded} texts have words the model's "
+                  f"tokenizer does not know ({share:.1f}% of their tokens are its unknown token), e.g. "
+                  f"{texts.unknown[0]!r}: those words are not read", file=sys.stderr)
         if config.get("plot") and ranks.is_main:
             points = {prompt.name: dict(prompt.grid_point) for prompt in prompts if prompt.grid_point}
             figure = grid_plot(record.table(), points, config["plot"]["x"], config["plot"].get("lines"),

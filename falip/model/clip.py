@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -91,6 +92,27 @@ def _read_preprocessor_config(name_or_path: str, cache_dir: str | None, local_fi
     return json.loads(Path(path).read_text()) if path else {}
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the HF Hub (``HF_ENDPOINT``, default huggingface.co) accepts a connection within ``timeout`` s:
+    on a machine without internet, ``from_pretrained`` would otherwise retry for about half a minute."""
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co")
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        with socket.create_connection((endpoint.hostname or "huggingface.co", port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _in_hf_cache(name: str, cache_dir: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    return isinstance(try_to_load_from_cache(name, "config.json", cache_dir=cache_dir), str)
+
+
 def _looks_like_path(name: str) -> bool:
     """Hub ids are ``org/name``; anything else that is path-shaped is treated as a local directory."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1 or Path(name).exists()
@@ -147,6 +169,10 @@ class FoveatedCLIP(nn.Module):
             name = str(Path(name).expanduser())
         if local_files_only is None:
             local_files_only = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+        if not Path(name).is_dir() and not _in_hf_cache(name, cache_dir) and (local_files_only or not _hub_reachable()):
+            where = "offline (HF_HUB_OFFLINE)" if local_files_only else "the Hub is unreachable from this machine"
+            raise CheckpointNotFoundError(f"Checkpoint '{name}' is not in the HF cache and {where}. "
+                                          + _how_to_get(name))
         kind = None
         try:
             config = AutoConfig.from_pretrained(name, cache_dir=cache_dir, local_files_only=local_files_only)
@@ -304,11 +330,31 @@ class FoveatedCLIP(nn.Module):
         return layer_set(bias_layers, self.num_layers)
 
     # ------------------------------------------------------------------ text
-    def encode_text(self, texts: Sequence[str], batch_size: int = 256, requires_grad: bool = False) -> torch.Tensor:
+    def encode_text(self, texts: Sequence[str], batch_size: int = 256, requires_grad: bool = False, *,
+                    warn_unknown: bool = True) -> torch.Tensor:
         """L2-normalised projected text embeddings ``(T, D)`` (truncated to the model's context), under
-        ``torch.inference_mode`` unless ``requires_grad=True``."""
+        ``torch.inference_mode`` unless ``requires_grad=True``. Texts with words the tokenizer does not know
+        (mapped to its unknown token: the sandbox model knows 41 words) raise a ``UserWarning`` unless
+        ``warn_unknown=False``."""
+        if warn_unknown and not isinstance(texts, str):
+            unknown = [text for text, (count, _) in zip(texts, self.unknown_token_counts(texts)) if count]
+            if unknown:
+                warnings.warn(f"{len(unknown)} of {len(texts)} texts have words this model's tokenizer does not know "
+                              f"(e.g. {unknown[0]!r}): they are encoded as its unknown token", stacklevel=2)
         with _autograd(requires_grad):
             return self._encode_text(texts, batch_size)
+
+    def unknown_token_counts(self, texts: Sequence[str]) -> list[tuple[int, int]]:
+        """Per text, (tokens that are the tokenizer's unknown token, tokens) -- (0, n) for a tokenizer whose
+        unknown token is also its end/start/padding token (CLIP's BPE: it never meets an unknown word)."""
+        if self.tokenizer is None:
+            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
+        unk = getattr(self.tokenizer, "unk_token_id", None)
+        special = {getattr(self.tokenizer, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad")}
+        ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
+        if unk is None or unk in special:
+            return [(0, len(row)) for row in ids]
+        return [(sum(token == unk for token in row), len(row)) for row in ids]
 
     @property
     def text_context(self) -> int:

@@ -209,6 +209,20 @@ def test_missing_checkpoints_give_actionable_errors(tmp_path, monkeypatch):
     assert "--local-dir" in message and f"download {tmp_path / 'empty'}" not in message, message
 
 
+def test_an_uncached_hub_id_on_a_machine_without_the_hub_fails_at_once(tmp_path, monkeypatch):
+    """No retries for half a minute: the Hub endpoint is probed once (here a closed local port)."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    started = time.perf_counter()
+    with pytest.raises(CheckpointNotFoundError, match=r"'org/clip-abc' is not in the HF cache and the Hub is "
+                                                      r"unreachable from this machine.*hf download org/clip-abc"):
+        FoveatedCLIP.from_pretrained("org/clip-abc")
+    assert time.perf_counter() - started < 5
+
+
 def test_preprocess_modes_and_normalisation(model):
     image = Image.new("RGB", (64, 32), (255, 0, 0))
     for resize in ("squash", "crop"):

@@ -143,3 +143,13 @@ def test_the_python_call_checks_its_arguments(model):
                           classes=CLASSES, top_k=2)
     assert len(lines) == 2 and all(len(line["top"]["FALIP"]) == 2 for line in lines)
     assert all(abs(sum(line["probs"]["Original CLIP"]) - 1) < 1e-4 for line in lines)
+
+
+def test_texts_with_words_the_tokenizer_does_not_know_are_warned_about_once(model, photos, tmp_path):
+    root, _ = photos
+    with pytest.warns(UserWarning, match=r"1 of 2 texts have words .* \(e.g. 'the man in the red jacket'\)"):
+        model.encode_text(["the man in the red jacket", "a red circle"])
+    _, out = run(root, tmp_path, "boxes.jsonl", "texts=[the man in the red jacket,a photo of a red circle]")
+    unknown = json.loads((out / "predict.json").read_text())["texts_with_unknown_words"]
+    assert unknown["count"] == 1 and unknown["examples"] == ["the man in the red jacket"]
+    assert 0 < unknown["unknown_token_share_%"] < 50
