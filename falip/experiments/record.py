@@ -32,7 +32,7 @@ from .tables import accuracy_table, write_csv
 
 # Run options that change how a run goes, not what it computes: left out of the config hash.
 NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions",
-                         "batch_size", "device"}
+                         "batch_size", "device", "threads"}
 # Where the model comes from does not change the numbers; its weights do (hashed instead).
 MODEL_LOCATION_KEYS = {"name", "path"}
 

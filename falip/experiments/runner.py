@@ -352,6 +352,7 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
         REPORTS[name](config)
         return None
     run = RunSettings.from_config(config["run"])
+    run.apply_threads()
     if config.get("analysis"):  # figures of what the model does inside: no scoring
         name = config["analysis"].get("name")
         if name not in ANALYSES:

@@ -43,6 +43,7 @@ RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "progress": (_boolean, "true or false"),
     "trims": (_boolean, "true or false"),
     "cls_stream": (_boolean, "true or false"),
+    "threads": (lambda v: v is None or _integer(1)(v), "null (torch's choice) or an integer >= 1"),
 }
 
 
@@ -89,6 +90,14 @@ class RunSettings:
     progress: bool
     trims: bool
     cls_stream: bool
+    threads: int | None
+
+    def apply_threads(self) -> None:
+        """``run.threads``: the CPU threads torch's operators use in this process (``None``: torch's choice)."""
+        if self.threads is not None:
+            import torch
+
+            torch.set_num_threads(self.threads)
 
     @classmethod
     def from_config(cls, run: Mapping[str, Any]) -> "RunSettings":

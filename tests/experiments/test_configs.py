@@ -58,3 +58,22 @@ def test_every_model_of_the_backbone_study_composes_with_its_alpha_and_tuned_mar
         assert config["model"]["foveal_alpha_tuned"] is (model == "clip_vit_b16"), model
         prompts = prompts_from_config(config["prompts"], foveal=config["foveal"])
         assert [p.name for p in prompts] == ["Original CLIP", "RedCircle", "FALIP"]
+
+
+def test_run_threads_sets_torchs_cpu_threads_and_leaves_the_config_hash_alone():
+    import torch
+
+    from falip.errors import ConfigError
+    from falip.experiments.record import config_hash
+    from falip.experiments.settings import RunSettings
+
+    config = compose(["run.threads=1"])
+    original = torch.get_num_threads()
+    try:
+        RunSettings.from_config(config["run"]).apply_threads()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(original)
+    assert config_hash(config) == config_hash(compose([]))  # how a run goes, not what it computes
+    with pytest.raises(ConfigError, match=r"run.threads=0 is not valid: expected null \(torch's choice\)"):
+        RunSettings.from_config(compose(["run.threads=0"])["run"])
