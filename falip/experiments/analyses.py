@@ -23,11 +23,12 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..data.images import read_rgb
+from ..data.regions import load_regions
 from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import PreparedItems, prepare_regions, steering_for
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
-from ..io import atomic_write_text, write_json
+from ..io import atomic_write, atomic_write_text, write_json
 from ..model.attention_maps import cls_attention_map
 from ..model.clip import FoveatedCLIP
 from ..model.heads import head_contributions
@@ -107,7 +108,9 @@ def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any],
 def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, prompts: Sequence[VisualPrompt],
                    path: Path, layer: int | str = -1, resize: str = "squash") -> pd.DataFrame:
     """One figure: the image with its ROA, then [CLS]'s patch attention under each prompt; returns the
-    share of attention inside the ROA per prompt (also written as ``<path>.csv``)."""
+    share of attention inside the ROA per prompt (also written as ``<path>.csv``). The maps themselves go to
+    ``<path>.npz``: one ``(grid, grid)`` float32 array per prompt (named by the prompt; head-mean, ``layer``),
+    and ``roa`` (the ROA's patch tokens, bool)."""
     region = Region.of(regions[0]) if len(regions) == 1 else Region(tuple(b for r in regions for b in Region.of(r).boxes))
     rows, maps, shown = [], [], []
     geometry = model.geometry(image.width, image.height, resize)
@@ -140,6 +143,13 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
     plt.close(figure)
     frame = pd.DataFrame(rows)
     atomic_write_text(path.with_suffix(".csv"), frame.to_csv(index=False, float_format="%.6f"))
+    arrays = {prompt.name: attention.astype(np.float32) for prompt, attention in zip(prompts, maps)}
+
+    def write_arrays(tmp: Path) -> None:
+        with open(tmp, "wb") as handle:
+            np.savez(handle, roa=inside.numpy(), layer=np.array(str(layer)), **arrays)
+
+    atomic_write(path.with_suffix(".npz"), write_arrays)
     return frame
 
 
@@ -157,7 +167,13 @@ def _head_sensitivity(config: Mapping[str, Any], run: RunSettings, model: Foveat
 
 
 def _check_attention_maps(config: Mapping[str, Any]) -> None:
-    """Before the model loads: the image exists and the boxes are a list of [x0,y0,x1,y1]."""
+    """Before the model loads: the image exists and the boxes are a list of [x0,y0,x1,y1] (or the regions file
+    is readable)."""
+    if config.get("image") and config.get("regions"):
+        raise ConfigError("attention_maps takes image= (with boxes=) or regions= (a file of images and boxes), "
+                          "not both")
+    if config.get("regions"):
+        load_regions(config["regions"], config.get("image_root"))
     if config.get("image"):
         if not Path(config["image"]).is_file():
             raise DatasetError(f"image={config['image']} is not a file")
@@ -168,6 +184,9 @@ def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: Foveated
                     prompts: list[VisualPrompt]) -> None:
     """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
     settings, out = config["analysis"], Path(run.output_dir) / config["experiment_name"]
+    if config.get("regions"):
+        _attention_maps_of_regions_file(config, model, prompts, out)
+        return
     if config.get("image"):
         path = Path(config["image"])
         boxes, stem = parse_boxes(config.get("boxes")), path.stem
@@ -181,6 +200,29 @@ def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: Foveated
                            layer=settings.get("layer", -1), resize=settings.get("resize", "squash"))
     print(frame.to_string(index=False))
     print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
+
+
+def _attention_maps_of_regions_file(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt],
+                                    out: Path) -> None:
+    """``regions=<file>``: one figure, CSV and ``.npz`` per (image, box) of the file, and one CSV over all."""
+    settings, regions = config["analysis"], load_regions(config["regions"], config.get("image_root"))
+    frames, written = [], []
+    for record in regions.images:
+        try:
+            image = record.load_image()
+        except (OSError, ValueError) as error:
+            raise DatasetError(f"{record.image_path} is not a readable image: {type(error).__name__}: {error}") from None
+        for box_id, box in zip(record.box_ids, record.boxes):
+            path = out / f"{Path(record.file_name).stem}_box{box_id}.png"
+            frame = attention_maps(model, image, [Region((box,))], prompts, path, layer=settings.get("layer", -1),
+                                   resize=settings.get("resize", "squash"))
+            frames.append(frame.assign(image_id=record.image_id, file_name=record.file_name, box_id=box_id))
+            written += [path, path.with_suffix(".csv"), path.with_suffix(".npz")]
+    table = pd.concat(frames, ignore_index=True)
+    summary = atomic_write_text(out / "attention_maps.csv", table.to_csv(index=False, float_format="%.6f"))
+    print(table.groupby("prompt", sort=False)["roa_attention_share"].describe()[["count", "mean", "min", "max"]]
+          .to_string())
+    print(f"\nwrote {len(written) // 3} figures with their CSVs and .npz arrays under {out}, and {summary}")
 
 
 def parse_boxes(value: Any) -> list[tuple[float, ...]]:

@@ -115,3 +115,32 @@ def test_head_sensitivity_runs_on_point_cloud_items(tmp_path, monkeypatch):
     assert set(frame["prompt"]) == {"Original CLIP", "FALIP", "FALIP (foreground tokens)"}
     changes = frame.groupby("prompt")["mean_change"].max()
     assert changes["Original CLIP"] == 0 and changes["FALIP"] > 0  # no prompt: no change; FALIP moves heads
+
+
+def test_attention_maps_of_a_regions_file_write_a_figure_csv_and_arrays_per_box(tmp_path, sandbox_clip):
+    """regions=<file>: every box of every image, the maps as .npz arrays equal to cls_attention_map's."""
+    import numpy as np
+    from falip.experiments.analyses import _prompted
+    from falip.geometry import Region
+
+    image, boxes, _ = example_image(0)
+    (tmp_path / "photos").mkdir()
+    image.save(tmp_path / "photos" / "a.png")
+    image.transpose(0).save(tmp_path / "photos" / "b.png")  # mirrored: another image
+    lines = [{"file_name": "a.png", "boxes": [list(boxes[0])]}, {"file_name": "b.png", "boxes": [[2, 2, 40, 30], [10, 8, 60, 50]]}]
+    (tmp_path / "r.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    run_experiment(compose(["experiment=attention_maps", f"regions={tmp_path / 'r.jsonl'}",
+                            f"image_root={tmp_path / 'photos'}", "run.progress=false", f"run.output_dir={tmp_path / 'out'}"]))
+    out = tmp_path / "out" / "attention_maps"
+    assert sorted(p.name for p in out.glob("*.npz")) == ["a_box0.npz", "b_box0.npz", "b_box1.npz"]
+    assert all((out / f"{stem}.png").stat().st_size > 10_000 for stem in ("a_box0", "b_box0", "b_box1"))
+    summary = pd.read_csv(out / "attention_maps.csv")
+    assert len(summary) == 3 * 3 and set(summary["file_name"]) == {"a.png", "b.png"}
+    arrays = np.load(out / "a_box0.npz")
+    assert set(arrays.files) == {"roa", "layer", "Original CLIP", "RedCircle", "FALIP"}
+    grid = sandbox_clip.grid_size
+    pixels, steering = _prompted(sandbox_clip, image, [Region((tuple(boxes[0]),))], FALIP, "squash", rows=1)
+    expected = cls_attention_map(sandbox_clip, pixels, layer=-1, steering=steering)[0].numpy()
+    assert arrays["FALIP"].shape == (grid, grid) and np.allclose(arrays["FALIP"], expected, atol=1e-6)
+    share = summary[(summary.file_name == "a.png") & (summary.prompt == "FALIP")]["roa_attention_share"].item()
+    assert abs(arrays["FALIP"][arrays["roa"]].sum() - share) < 1e-5
