@@ -32,7 +32,9 @@ def _output_dir(default: str) -> str:
 
 def _register_resolvers() -> None:
     if not OmegaConf.has_resolver("falip_sandbox_model"):
-        OmegaConf.register_new_resolver("falip_sandbox_model", lambda: str(SANDBOX_MODEL_DIR))
+        OmegaConf.register_new_resolver(  # ${falip_sandbox_model:} the sandbox CLIP; ${falip_sandbox_model:siglip} its twin
+            "falip_sandbox_model", lambda variant="": str(SANDBOX_MODEL_DIR.parent / f"model_{variant}" if variant
+                                                          else SANDBOX_MODEL_DIR))
     if not OmegaConf.has_resolver("mul"):
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
     if not OmegaConf.has_resolver("falip_output_dir"):
@@ -77,7 +79,10 @@ def _hydra_main(cfg: DictConfig) -> None:
         if config.get("paper_reference"):
             print(f"\npaper (reference only; ViT-B/16 on RefCOCO, not comparable with other models or data):")
             print(paper_table(config["paper_reference"]).to_string(na_rep="-"))
-        print(f"\nwrote {record.csv_path} and {record.json_path}")
+        written = [record.csv_path, record.json_path, record.extra.get("figure")]
+        print(f"\nwrote {', '.join(str(path) for path in written if path)}"
+              + (f"; per-unit predictions under {record.predictions_path('x').parent}"
+                 if config["run"].get("save_predictions") else ""))
 
 
 def compose(overrides: list[str] | None = None) -> dict:

@@ -36,7 +36,7 @@ from ..prompts.prompt import VisualPrompt, roa_token_mask
 from ..tasks import TASKS
 from ..tasks.base import Task
 from .generated import materialize
-from .plots import _pyplot, depth_views_figure, heatmap, save_figure
+from .plots import _pyplot, depth_views_figure, heatmap, heatmaps_side_by_side, save_figure
 from .provenance import environment, git_state, utc_now
 from .settings import RunSettings
 
@@ -89,19 +89,25 @@ def head_sensitivity(model: FoveatedCLIP, task: Task, splits: Mapping[str, Any],
     frame = pd.DataFrame(rows)
     output_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(output_dir / f"{name}.csv", frame.to_csv(index=False, float_format="%.6f"))
-    figures = []
-    for prompt, total in sums.items():
+    means = {prompt: (total / count).numpy() for prompt, total in sums.items()}
+    side_by_side, scale = heatmaps_side_by_side(
+        means, output_dir / f"{name}.png", f"mean ||G'_h - G_h|| of the [CLS] update per layer and head "
+        f"({count} regions; one colour scale)", "change")
+    figures = [str(side_by_side)]
+    for prompt, mean in means.items():  # each prompt alone too, on the same scale
         safe = "".join(ch if ch.isalnum() else "_" for ch in prompt)
-        figures.append(str(heatmap((total / count).numpy(), output_dir / f"{name}_{safe}.png",
+        figures.append(str(heatmap(mean, output_dir / f"{name}_{safe}.png",
                                    f"{prompt}: mean ||G'_h - G_h|| of the [CLS] update ({count} regions)",
-                                   [str(layer) for layer in range(total.shape[0])],
-                                   [str(head) for head in range(total.shape[1])], "change")))
+                                   [str(layer) for layer in range(mean.shape[0])],
+                                   [str(head) for head in range(mean.shape[1])], "change", scale=scale)))
     by_layer = frame.groupby(["prompt", "layer"], sort=False)["mean_change"].mean().unstack("layer")
     print(f"\n{name}: mean change per layer (over heads), {count} regions\n{by_layer.round(4).to_string()}")
     write_json(output_dir / f"{name}.json", {"experiment": name, "status": "complete", "updated": utc_now(),
-                                             "regions": count, "figures": figures, "model": model.source,
+                                             "regions": count, "figures": figures, "colour_scale": list(scale),
+                                             "model": model.source,
                                              "code": {**git_state(), "falip": environment()["falip"]}})
-    print(f"\nwrote {output_dir / f'{name}.csv'} and {len(figures)} heatmap(s)")
+    print(f"\nwrote {output_dir / f'{name}.csv'}, {output_dir / f'{name}.json'} and the heatmaps "
+          + ", ".join(figures))
     return frame
 
 
@@ -124,20 +130,30 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
         edited = prompt.apply_edits(image, [region])[0][0] if prompt.edits else image
         shown.append(edited)
     plt = _pyplot()
-    figure, axes = plt.subplots(1, len(prompts) + 1, figsize=(3.2 * (len(prompts) + 1), 3.4))
+    aspect = image.height / image.width
+    figure, axes = plt.subplots(1, len(prompts) + 1, figsize=(3.0 * (len(prompts) + 1) + 0.8, 3.0 * aspect + 1.3),
+                                constrained_layout=True)
     axes[0].imshow(image)
     for x0, y0, x1, y1 in region.boxes:
         axes[0].add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, edgecolor="lime", linewidth=2))
     axes[0].set_title("image + ROA", fontsize=9)
+    top = max(float(attention.max()) for attention in maps)
+    extent = _input_extent(geometry)  # the model input's square, in the image's own pixels
     for axis, prompt, attention, edited, row in zip(axes[1:], prompts, maps, shown, rows):
-        axis.imshow(edited.resize((model.image_size, model.image_size)))
-        axis.imshow(np.kron(attention, np.ones((model.patch_size, model.patch_size))), cmap="jet", alpha=0.5)
+        axis.imshow(edited)
+        overlay = axis.imshow(attention, cmap="jet", alpha=0.5, vmin=0, vmax=top, extent=extent,
+                              interpolation="nearest")
+        axis.set_xlim(0, image.width)
+        axis.set_ylim(image.height, 0)
         axis.set_title(f"{prompt.name}\nROA share {row['roa_attention_share']:.2f}", fontsize=9)
     for axis in axes:
-        axis.axis("off")
+        axis.set_xticks([])
+        axis.set_yticks([])
+    figure.colorbar(overlay, ax=list(axes[1:]), label="attention (one scale)", shrink=0.85)
+    figure.supxlabel(f"each cell: one of the {model.grid_size}x{model.grid_size} patch tokens ({model.patch_size} px of "
+                     f"the {model.image_size}-px input), drawn over the image as the input saw it ({resize})", fontsize=8)
     figure.suptitle(f"[CLS] attention, {'rollout' if layer == 'rollout' else f'layer {layer}'}, mean over heads",
                     fontsize=10)
-    figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(figure, path)
     plt.close(figure)
@@ -151,6 +167,17 @@ def attention_maps(model: FoveatedCLIP, image: Image.Image, regions: Sequence, p
 
     atomic_write(path.with_suffix(".npz"), write_arrays)
     return frame
+
+
+def _input_extent(geometry) -> tuple[float, float, float, float]:
+    """(left, right, bottom, top) in original-image pixels of the model input's square: the whole image
+    for ``squash``, the centre crop's window for ``crop``."""
+    scale_x = geometry.resized_width / geometry.image_width
+    scale_y = geometry.resized_height / geometry.image_height
+    left, top = geometry.crop_left / scale_x, geometry.crop_top / scale_y
+    right = (geometry.crop_left + geometry.input_size) / scale_x
+    bottom = (geometry.crop_top + geometry.input_size) / scale_y
+    return left, right, bottom, top
 
 
 # ---------------------------------------------------------------- analyses as experiments (falip-run)
@@ -199,7 +226,7 @@ def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: Foveated
     frame = attention_maps(model, image, [Region(tuple(boxes))], prompts, out / f"{stem}.png",
                            layer=settings.get("layer", -1), resize=settings.get("resize", "squash"))
     print(frame.to_string(index=False))
-    print(f"\nwrote {out / f'{stem}.png'} and {out / f'{stem}.csv'}")
+    print(f"\nwrote {out / f'{stem}.png'}, {out / f'{stem}.csv'} and {out / f'{stem}.npz'}")
 
 
 def _attention_maps_of_regions_file(config: Mapping[str, Any], model: FoveatedCLIP, prompts: list[VisualPrompt],

@@ -16,8 +16,9 @@ from ..io import atomic_write
 
 
 def save_figure(figure, path: str | Path, dpi: int = 110) -> Path:
-    """Save a matplotlib figure as PNG through an exclusive temporary file (never through a planted link)."""
-    return atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png"))
+    """Save a matplotlib figure as PNG through an exclusive temporary file (never through a planted link),
+    cropped to what is drawn (no title, label or outside legend cut off)."""
+    return atomic_write(path, lambda tmp: figure.savefig(tmp, dpi=dpi, format="png", bbox_inches="tight"))
 
 def _pyplot():
     import matplotlib
@@ -61,7 +62,7 @@ def grid_plot(table: pd.DataFrame, points: Mapping[str, Mapping[str, float]], x:
         axis.set_ylabel("accuracy (%)")
         axis.set_title(str(column))
         if lines:
-            axis.legend(fontsize=7)
+            axis.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the data
         axis.grid(alpha=0.3)
     figure.suptitle(title)
     figure.tight_layout()
@@ -72,11 +73,13 @@ def grid_plot(table: pd.DataFrame, points: Mapping[str, Mapping[str, float]], x:
 
 
 def heatmap(matrix: np.ndarray, path: str | Path, title: str, row_labels: Sequence[str], column_labels: Sequence[str],
-            value_label: str = "") -> Path:
-    """A layer x head (or any) matrix as an annotated heatmap."""
+            value_label: str = "", scale: tuple[float, float] | None = None) -> Path:
+    """A layer x head (or any) matrix as an annotated heatmap; ``scale`` = (vmin, vmax) shared with the
+    heatmaps it is compared with (default: its own range)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(0.5 * len(column_labels) + 2.5, 0.4 * len(row_labels) + 1.6))
-    image = axis.imshow(matrix, cmap="viridis", aspect="auto")
+    vmin, vmax = scale if scale is not None else (None, None)
+    image = axis.imshow(matrix, cmap="viridis", aspect="auto", vmin=vmin, vmax=vmax)
     axis.set_xticks(range(len(column_labels)), column_labels, fontsize=7)
     axis.set_yticks(range(len(row_labels)), row_labels, fontsize=7)
     axis.set_xlabel("head")
@@ -88,6 +91,31 @@ def heatmap(matrix: np.ndarray, path: str | Path, title: str, row_labels: Sequen
     save_figure(figure, path)
     plt.close(figure)
     return path
+
+
+def heatmaps_side_by_side(matrices: Mapping[str, np.ndarray], path: str | Path, title: str, value_label: str,
+                          row_label: str = "layer", column_label: str = "head") -> tuple[Path, tuple[float, float]]:
+    """Several matrices of one kind (a prompt each) in one figure on **one** colour scale, one colour bar;
+    returns the path and the (vmin, vmax) every panel uses."""
+    plt = _pyplot()
+    scale = (min(float(m.min()) for m in matrices.values()), max(float(m.max()) for m in matrices.values()))
+    first = next(iter(matrices.values()))
+    width = 0.45 * first.shape[1] + 1.2
+    figure, axes = plt.subplots(1, len(matrices), figsize=(width * len(matrices) + 1.2, 0.4 * first.shape[0] + 1.8),
+                                squeeze=False, constrained_layout=True)
+    for axis, (name, matrix) in zip(axes[0], matrices.items()):
+        image = axis.imshow(matrix, cmap="viridis", aspect="auto", vmin=scale[0], vmax=scale[1])
+        axis.set_xticks(range(matrix.shape[1]), [str(i) for i in range(matrix.shape[1])], fontsize=7)
+        axis.set_yticks(range(matrix.shape[0]), [str(i) for i in range(matrix.shape[0])], fontsize=7)
+        axis.set_xlabel(column_label)
+        axis.set_title(name, fontsize=9)
+    axes[0][0].set_ylabel(row_label)
+    figure.colorbar(image, ax=list(axes[0]), label=value_label, shrink=0.9)
+    figure.suptitle(title, fontsize=10)
+    path = Path(path)
+    save_figure(figure, path)
+    plt.close(figure)
+    return path, scale
 
 
 def collect_plot(frame: pd.DataFrame, x: str, path: str | Path) -> Path:
@@ -104,7 +132,7 @@ def collect_plot(frame: pd.DataFrame, x: str, path: str | Path) -> Path:
         axis.set_title(str(column))
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("value (%)")
-    axes[0][-1].legend(fontsize=7)
+    axes[0][-1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0), borderaxespad=0)  # beside the data
     figure.tight_layout()
     path = Path(path)
     save_figure(figure, path)
@@ -120,10 +148,12 @@ def depth_views_figure(pixels, regions: Sequence, patch_size: int, path: str | P
     from matplotlib.patches import Rectangle
 
     count = len(regions)
-    figure, axes = plt.subplots(1, count, figsize=(2.3 * count, 2.7), squeeze=False)
+    figure, axes = plt.subplots(1, count, figsize=(2.3 * count + 0.8, 2.9), squeeze=False, constrained_layout=True)
+    planes = [np.asarray(pixels[view][0].detach().float().cpu()) for view in range(count)]
+    top = max(float(plane.max()) for plane in planes) or 1.0
     for view, (axis, region) in enumerate(zip(axes[0], regions)):
-        plane = np.asarray(pixels[view][0].detach().float().cpu())
-        axis.imshow(plane, cmap="viridis", vmin=0, interpolation="nearest")
+        plane = planes[view]
+        shown = axis.imshow(plane, cmap="viridis", vmin=0, vmax=top, interpolation="nearest")
         axis.set_xticks([])
         axis.set_yticks([])
         if region is None:
@@ -142,9 +172,11 @@ def depth_views_figure(pixels, regions: Sequence, patch_size: int, path: str | P
                         axis.add_patch(Rectangle((col * patch_size - 0.5, row * patch_size - 0.5), patch_size, patch_size,
                                                  fill=False, edgecolor="white", linewidth=0.4, alpha=0.6))
         axis.set_title(f"view {view}: {covered} tokens", fontsize=9)
+    figure.colorbar(shown, ax=list(axes[0]), label="depth value (one scale)", shrink=0.85)
+    figure.supxlabel(f"red: the view's ROA box; white cells: the {patch_size}-px patch tokens the foreground covers",
+                     fontsize=8)
     if title:
         figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     save_figure(figure, path)

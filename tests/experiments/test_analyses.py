@@ -144,3 +144,31 @@ def test_attention_maps_of_a_regions_file_write_a_figure_csv_and_arrays_per_box(
     assert arrays["FALIP"].shape == (grid, grid) and np.allclose(arrays["FALIP"], expected, atol=1e-6)
     share = summary[(summary.file_name == "a.png") & (summary.prompt == "FALIP")]["roa_attention_share"].item()
     assert abs(arrays["FALIP"][arrays["roa"]].sum() - share) < 1e-5
+
+
+def test_compared_heatmaps_share_one_colour_scale_and_every_figure_reads_back(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from falip.experiments.plots import depth_views_figure, heatmaps_side_by_side
+
+    small, large = np.full((4, 4), 0.5), np.arange(16.0).reshape(4, 4)
+    path, scale = heatmaps_side_by_side({"RedCircle": small, "FALIP": large}, tmp_path / "h.png", "t", "change")
+    assert scale == (0.0, 15.0)  # the range over both panels, not each its own
+    pixels = torch.rand(2, 3, 16, 16)
+    from falip.geometry import Region
+    depth = depth_views_figure(pixels, [Region(((2, 2, 10, 10),)), None], 8, tmp_path / "d.png")
+    for figure in (path, depth):
+        image = np.asarray(Image.open(figure).convert("L"), dtype=float)
+        assert min(image.shape) > 100 and image.std() > 5, figure  # drawn, not blank
+
+
+def test_head_sensitivity_figure_records_its_shared_scale(tmp_path, monkeypatch):
+    monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
+    run_experiment(compose(["experiment=shapes_head_sensitivity", "analysis.max_items=2", "run.progress=false",
+                            "dataset.generator.scenes_per_split=3", f"run.output_dir={tmp_path}"]))
+    sidecar = json.loads((tmp_path / "shapes_head_sensitivity.json").read_text())
+    frame = pd.read_csv(tmp_path / "shapes_head_sensitivity.csv")
+    means = frame.groupby(["prompt", "layer", "head"])["mean_change"].first()
+    assert sidecar["colour_scale"] == pytest.approx([means.min(), means.max()], abs=1e-5)
+    assert sidecar["figures"][0].endswith("shapes_head_sensitivity.png") and len(sidecar["figures"]) == 3

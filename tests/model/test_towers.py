@@ -158,3 +158,17 @@ def test_an_unsupported_model_type_is_one_line_naming_the_supported_ones(tmp_pat
     with pytest.raises(OSError, match=r"model_type 'siglip2' is not supported \(SigLIP 2 NaFlex.*supported: "
                                       r"\['clip', 'metaclip_2', 'siglip'\]"):
         FoveatedCLIP.from_pretrained(folder)
+
+
+def test_the_shipped_attention_pooled_sandbox_model_loads_as_siglip_and_falip_steers_it():
+    """falip/sandbox/model_siglip: a SigLIP tower whose probe-row bias picks the referred object (docs/sandbox.md)."""
+    from falip.cli import compose
+    from falip.prompts import FALIP, ORIGINAL_CLIP
+    from falip.sandbox.evaluation import rec_accuracy, scene_rec_split
+
+    config = compose(["model=sandbox_siglip"])
+    model = FoveatedCLIP.from_pretrained(config["model"]["path"])
+    assert model.model_type == "siglip" and not model.tower.pooled_in_sequence
+    assert model.foveal_alpha == config["model"]["foveal_alpha"] == 4.0
+    accuracy = rec_accuracy(model, [ORIGINAL_CLIP, FALIP], scene_rec_split(30, 3, 777_001))
+    assert accuracy["FALIP"] > accuracy["Original CLIP"] + 30, accuracy
