@@ -146,24 +146,25 @@ def _check_pointcloud(check: Callable[[Mapping[str, Any]], None]) -> Callable[[M
     return checked
 
 
-def _load_regions(config: Mapping[str, Any], split: str):
-    if split != "all":
-        raise ConfigError(f"a regions file has one split, 'all' (dataset.splits=[all]), not {split!r}")
-    if not config.get("file"):
-        raise ConfigError("set regions=<file>: a COCO-format .json or a box .jsonl of your images' boxes "
-                          "(falip/data/regions.py)")
-    return load_regions(config["file"], config.get("image_root"))
-
-
-def _check_regions(config: Mapping[str, Any]) -> None:
-    for split in config.get("splits") or []:
+def _regions_file(config: Mapping[str, Any], splits: Sequence[str]) -> str:
+    """The regions file of ``dataset.format=regions`` (one split, ``all``), or a one-line error."""
+    for split in splits:
         if split != "all":
             raise ConfigError(f"a regions file has one split, 'all' (dataset.splits=[all]), not {split!r}")
     if not config.get("file"):
         raise ConfigError("set regions=<file>: a COCO-format .json or a box .jsonl of your images' boxes "
                           "(falip/data/regions.py)")
-    if not Path(config["file"]).is_file():
-        raise DatasetError(f"regions file {config['file']} does not exist (a COCO-format .json or a box .jsonl)")
+    return config["file"]
+
+
+def _load_regions(config: Mapping[str, Any], split: str):
+    return load_regions(_regions_file(config, [split]), config.get("image_root"))
+
+
+def _check_regions(config: Mapping[str, Any]) -> None:
+    path = _regions_file(config, list(config.get("splits") or []))
+    if not Path(path).is_file():
+        raise DatasetError(f"regions file {path} does not exist (a COCO-format .json or a box .jsonl)")
 
 
 FORMATS: dict[str, DatasetFormat] = {
