@@ -42,8 +42,8 @@ class TextCache:
         new = list(dict.fromkeys(text for text in texts if text not in self._cache))
         if new:
             context = self.model.text_context
-            self.truncated.extend(text for text, count in zip(new, self.model.text_token_counts(new)) if count > context)
-            counts = self.model.unknown_token_counts(new)
+            counts = self.model.unknown_token_counts(new)  # (unknown tokens, tokens) per text: one tokenization
+            self.truncated.extend(text for text, (_, total) in zip(new, counts) if total > context)
             self.unknown.extend(text for text, (unknown, _) in zip(new, counts) if unknown)
             self.unknown_tokens += sum(unknown for unknown, _ in counts)
             self.tokens += sum(total for _, total in counts)

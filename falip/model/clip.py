@@ -363,9 +363,7 @@ class FoveatedCLIP(nn.Module):
 
     def text_token_counts(self, texts: Sequence[str]) -> list[int]:
         """How many tokens each text has before truncation (``> text_context``: it will be cut)."""
-        if self.tokenizer is None:
-            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
-        return [len(ids) for ids in self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]]
+        return [total for _, total in self.unknown_token_counts(texts)]
 
     def _encode_text(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
         if self.tokenizer is None:

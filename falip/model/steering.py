@@ -75,9 +75,8 @@ def plan_used(plan: ExecutionPlan, tower: VisionTower, mask: torch.Tensor | None
     intervention; the shared first biased layer when, in addition, rows of one image share pixels and the
     mask touches only the pooled query rows; ``cls_stream`` only in that case and when asked for."""
     trim = plan.trims and intervention is None and tower.pooled_in_sequence
-    pooled_end = tower.pooled_rows.stop
     share = (trim and image_index is not None and mask is not None and first in biased
-             and not bool(mask[..., pooled_end:, :].count_nonzero()))
+             and not _touches_patch_rows(tower, mask))
     return PlanUsed(trim, share, share and plan.cls_stream)
 
 
@@ -158,7 +157,7 @@ def encode_steered(tower: VisionTower, pixel_values: torch.Tensor, steering: Ste
         roa = None if steering.roa_tokens is None else steering.roa_tokens.to(device)
         hooks = intervention.hooks(tower, acted, reference, reference_rows, roa)
     mask = bias_as_mask(tower, steering.bias, rows, dtype, device) if steering.bias is not None else None
-    if mask is not None and not tower.pooled_in_sequence and not _touches_sequence_rows(tower, mask):
+    if mask is not None and not tower.pooled_in_sequence and not _touches_patch_rows(tower, mask):
         biased = set()  # the bias acts on the probe's logits in the head alone: every layer runs once per image
     first = min(biased | set(acted), default=tower.num_layers)
     used = plan_used(plan, tower, mask, biased, first, index, intervention)
@@ -166,8 +165,8 @@ def encode_steered(tower: VisionTower, pixel_values: torch.Tensor, steering: Ste
         return _run_layers(tower, pixel_values, mask, biased, index, first, plan, used), used
 
 
-def _touches_sequence_rows(tower: VisionTower, mask: torch.Tensor) -> bool:
-    """Whether the mask has entries in query rows the layers compute (beyond the pooled rows)."""
+def _touches_patch_rows(tower: VisionTower, mask: torch.Tensor) -> bool:
+    """Whether the mask has entries in query rows beyond the pooled ones (the patch rows)."""
     return bool(mask[..., tower.pooled_rows.stop:, :].count_nonzero())
 
 

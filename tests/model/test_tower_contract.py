@@ -118,18 +118,23 @@ class TinyViT(VisionTower):
 
 def by_hand(tower: TinyViT, pixels, mask=None, layers=()):
     """The tower written out once more, the mask added in ``layers``: the independent reference."""
-    hidden = tower.embed(pixels)
+    hidden = blocks_by_hand(tower, tower.embed(pixels), None if mask is None else mask[:, None], layers)
+    return tower.head(tower.final_norm(hidden[:, 0]))
+
+
+def blocks_by_hand(tower: TinyViT, hidden, layer_mask=None, layers=()):
+    """The tower's blocks written out (2 heads), ``layer_mask`` added to the logits in ``layers``."""
     for index, block in enumerate(tower.blocks):
         normed = block.norm_a(hidden)
         q, k, v = block.query(normed), block.key(normed), block.value(normed)
         b, t, w = q.shape
         split = [x.view(b, t, 2, w // 2).transpose(1, 2) for x in (q, k, v)]
         logits = split[0] @ split[1].transpose(-1, -2) / math.sqrt(w // 2)
-        if mask is not None and index in layers:
-            logits = logits + mask[:, None]
+        if layer_mask is not None and index in layers:
+            logits = logits + layer_mask
         hidden = hidden + block.proj((logits.softmax(-1) @ split[2]).transpose(1, 2).reshape(b, t, w))
         hidden = hidden + block.ffn(block.norm_b(hidden))
-    return tower.head(tower.final_norm(hidden[:, 0]))
+    return hidden
 
 
 BOXES = [(2.0, 3.0, 20.0, 30.0), (8.0, 0.0, 32.0, 14.0), (0.0, 0.0, 9.0, 9.0), (10.0, 10.0, 28.0, 31.0),
@@ -246,17 +251,7 @@ class TinyProbeViT(TinyViT):
 def probe_by_hand(tower: TinyProbeViT, pixels, mask=None, layers=()):
     """The probe tower written out: blocks over the patches (the mask's patch rows in ``layers``), then the
     probe's attention with the mask's row 0 added to its logits."""
-    hidden = tower.embed(pixels)
-    for index, block in enumerate(tower.blocks):
-        normed = block.norm_a(hidden)
-        q, k, v = block.query(normed), block.key(normed), block.value(normed)
-        b, t, w = q.shape
-        split = [x.view(b, t, 2, w // 2).transpose(1, 2) for x in (q, k, v)]
-        logits = split[0] @ split[1].transpose(-1, -2) / math.sqrt(w // 2)
-        if mask is not None and index in layers:
-            logits = logits + mask[:, None, 1:, 1:]
-        hidden = hidden + block.proj((logits.softmax(-1) @ split[2]).transpose(1, 2).reshape(b, t, w))
-        hidden = hidden + block.ffn(block.norm_b(hidden))
+    hidden = blocks_by_hand(tower, tower.embed(pixels), None if mask is None else mask[:, None, 1:, 1:], layers)
     normed = tower.final_norm(hidden)
     keys, values = tower.pool_kv(normed).chunk(2, dim=-1)
     query = tower.pool_q(tower.probe)[0, 0]  # (w,)
