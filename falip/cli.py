@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import FalipError
 from .experiments.runner import run_experiment
 from .experiments.tables import paper_table
-from .io import NO_SPACE, cache_root, output_error
+from .io import NO_SPACE, cache_root, configs_dir, output_error
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
 
@@ -51,7 +51,7 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-@hydra.main(version_base="1.3", config_path="configs", config_name="config")
+@hydra.main(version_base="1.3", config_path="pkg://falip.configs", config_name="config")
 def _hydra_main(cfg: DictConfig) -> None:
     full_error = os.environ.get("HYDRA_FULL_ERROR") == "1"
     try:
@@ -160,7 +160,6 @@ def unknown_key_error(arguments: list[str]) -> str | None:
     return None
 
 
-EXPERIMENTS_DIR = Path(__file__).resolve().parent / "configs" / "experiment"
 
 
 def _description(path: Path) -> str:
@@ -189,7 +188,7 @@ def _needs(config: dict) -> str:
 def list_experiments() -> list[tuple[str, str, str]]:
     """(name, one-line description, what it needs) of every shipped experiment config."""
     rows = []
-    for path in sorted(EXPERIMENTS_DIR.glob("*.yaml")):
+    for path in sorted((configs_dir() / "experiment").glob("*.yaml")):
         overrides = [f"experiment={path.stem}"] + (["sweep_dir=."] if "sweep_dir: ???" in path.read_text() else [])
         rows.append((path.stem, _description(path), _needs(compose(overrides))))
     return rows

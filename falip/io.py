@@ -115,6 +115,18 @@ def drop_torn_tail(path: Path) -> bool:
         return True
 
 
+def configs_dir() -> Path:
+    """The folder of the experiment configs: ``configs/`` at the top of a checkout (an editable install maps
+    the package ``falip.configs`` there), ``falip/configs/`` inside an installed wheel."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("falip.configs")
+    if spec is None or not spec.submodule_search_locations:
+        raise FalipError("the package falip.configs (the experiment configs) is not installed: reinstall falip "
+                         "(pip install -e . in a checkout)")
+    return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
 def cache_root() -> Path:
     """Where generated datasets (and other derived files) are cached: ``$FALIP_CACHE`` or ``~/.cache/falip``."""
     return Path(os.environ.get("FALIP_CACHE") or Path.home() / ".cache" / "falip").expanduser()

@@ -27,7 +27,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "falip"
 LAYERS = {"falip.version": 0, "falip.errors": -1, "falip.geometry": 0, "falip.io": 0,
           "falip.model": 1, "falip.data": 1, "falip.prompts": 2, "falip.encoding": 3, "falip.tasks": 4,
-          "falip.experiments": 5, "falip.sandbox": 6, "falip.cli": 7, "falip.configs": 7, "falip.pointcloud": 8, "falip": 8}
+          "falip.experiments": 5, "falip.sandbox": 6, "falip.cli": 7, "falip.pointcloud": 8, "falip": 8}
 
 
 def module_name(path: Path) -> str:

@@ -64,7 +64,7 @@ def test_list_names_every_experiment_config_with_a_description_and_its_needs():
 
     done = subprocess.run([sys.executable, "-m", "falip.cli", "--list"], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    configs = sorted(p.stem for p in (Path(__file__).parents[1] / "falip" / "configs" / "experiment").glob("*.yaml"))
+    configs = sorted(p.stem for p in (Path(__file__).parents[1] / "configs" / "experiment").glob("*.yaml"))
     listed = [line.strip() for line in done.stdout.splitlines() if line and not line.startswith(" ")][:-1]
     assert listed == configs
     text = done.stdout

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import torch
 
+from ..io import configs_dir
 from ..version import __version__
 
 
@@ -31,14 +32,21 @@ _PACKAGE = Path(__file__).resolve().parents[1]
 
 
 @functools.lru_cache(maxsize=4)
-def code_fingerprint(package: Path = _PACKAGE) -> str:
-    """sha256 over the package's source and configs (``falip/**/*.py``, ``falip/**/*.yaml``): changes
-    with any edit of the code that computes the numbers, committed or not. Computed once per process."""
+def code_fingerprint(package: Path = _PACKAGE, configs: Path | None = None) -> str:
+    """sha256 over the package's source (``falip/**/*.py``) and the experiment configs (``configs/**/*.yaml``,
+    hashed as ``configs/<path>`` wherever they lie: top of a checkout or inside a wheel): changes with any
+    edit of the code that computes the numbers, committed or not. Computed once per process."""
+    configs = (configs_dir() if configs is None else configs).resolve()
+    package = package.resolve()
+    files = [(path, path.relative_to(package).as_posix()) for pattern in ("*.py", "*.yaml")
+             for path in package.rglob(pattern) if not path.is_relative_to(configs)]
+    files += [(path, "configs/" + path.relative_to(configs).as_posix()) for pattern in ("*.py", "*.yaml")
+              for path in configs.rglob(pattern)]
     digest = hashlib.sha256()
-    for path in sorted(p for pattern in ("*.py", "*.yaml") for p in package.rglob(pattern)):
+    for path, name in sorted(files, key=lambda pair: pair[1]):
         if "__pycache__" in path.parts:
             continue
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

@@ -6,7 +6,7 @@ import pytest
 from falip.cli import compose
 from falip.prompts import prompts_from_config
 
-EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "falip" / "configs" / "experiment").glob("*.yaml"))
+EXPERIMENTS = sorted(p.stem for p in (Path(__file__).parents[2] / "configs" / "experiment").glob("*.yaml"))
 
 
 def test_every_experiment_file_is_listed():
@@ -49,7 +49,7 @@ def test_every_model_of_the_backbone_study_composes_with_its_alpha_and_tuned_mar
     config naming its alpha and whether it was tuned for it (the table marks untuned ones)."""
     import yaml
 
-    study = yaml.safe_load((Path(__file__).parents[2] / "falip" / "configs" / "experiment" / "backbones.yaml").read_text())
+    study = yaml.safe_load((Path(__file__).parents[2] / "configs" / "experiment" / "backbones.yaml").read_text())
     models = study["hydra"]["sweeper"]["params"]["model"].split(",")
     assert {"siglip_b16", "siglip2_b16", "metaclip2_b16", "clip_vit_b16"} <= set(models)
     for model in models:

@@ -36,26 +36,32 @@ def test_runs_write_where_git_ignores_and_committed_results_live_apart():
 
 
 def test_code_fingerprint_covers_sources_and_configs(tmp_path):
-    """On a copy of the package (the checkout is never written): the same tree gives the same hash, an
-    edited config or source another, a file that is neither code nor config none."""
+    """On a copy of the package and its configs (the checkout is never written): the same tree gives the same
+    hash, in the checkout's layout or the wheel's (configs inside the package); an edited config or source
+    another; a file that is neither code nor config none."""
     import shutil
 
-    copy = tmp_path / "falip"
+    copy, configs = tmp_path / "falip", tmp_path / "configs"
     shutil.copytree(REPO / "falip", copy, ignore=shutil.ignore_patterns("__pycache__", "model.safetensors"))
+    shutil.copytree(REPO / "configs", configs, ignore=shutil.ignore_patterns("__pycache__"))
     fingerprint = code_fingerprint.__wrapped__  # uncached: every call hashes the files again
-    first = fingerprint(copy)
-    assert fingerprint(copy) == first == code_fingerprint(REPO / "falip")  # same files, same hash, any folder
+    first = fingerprint(copy, configs)
+    assert fingerprint(copy, configs) == first == code_fingerprint(REPO / "falip", REPO / "configs")
+    wheel = tmp_path / "wheel" / "falip"  # an installed wheel: the configs are the package falip.configs
+    shutil.copytree(copy, wheel)
+    shutil.copytree(configs, wheel / "configs")
+    assert fingerprint(wheel, wheel / "configs") == first
     (copy / "sandbox" / "model" / "notes.txt").write_text("not code")
-    assert fingerprint(copy) == first
-    (copy / "configs" / "_probe.yaml").write_text("x: 1\n")
-    with_config = fingerprint(copy)
+    assert fingerprint(copy, configs) == first
+    (configs / "_probe.yaml").write_text("x: 1\n")
+    with_config = fingerprint(copy, configs)
     assert with_config != first
     bias = copy / "model" / "bias.py"
     bias.write_text(bias.read_text() + "\n# edited\n")
-    assert fingerprint(copy) not in (first, with_config)
+    assert fingerprint(copy, configs) not in (first, with_config)
 
 
 def test_package_metadata_uses_an_spdx_license():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0"
-    assert "paper/*.csv" in project["tool"]["setuptools"]["package-data"]["falip"]
+    assert "*.csv" in project["tool"]["setuptools"]["package-data"]["*"]  # the paper's reference rows ship
