@@ -7,12 +7,13 @@ BIN := $(VENV)/bin
 RUN := $(BIN)/falip-run
 ARGS ?=
 
-.PHONY: help install run test test-slow sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
+.PHONY: help install run test test-slow test-open-clip sandbox sandbox-reference shapes-rec shapes-cls shapes-ablation shapes-3d refcoco refcocop refcocog rec-table \
         rec bench bench-bias bench-rec bench-interventions bench-scaling bench-trims bench-precision train-sandbox bench-gpu clean
 
 help:
 	@echo "make run             offline sandbox REC experiment (default: shapes_rec) -> results/shapes_rec.csv"
 	@echo "make test            the fast tier of the tests (minutes); make test-slow: the end-to-end tier; CI runs both"
+	@echo "make test-open-clip  the open_clip towers' tests in .venv-open-clip (torch 2.14.1 + torchvision + open_clip)"
 	@echo "make sandbox         shapes_rec + shapes_cls + shapes_ablation + shapes_3d -> results/ (ignored by git)"
 	@echo "make sandbox-reference   re-record the committed results/sandbox/ at the current commit"
 	@echo "make refcoco|refcocop|refcocog ARGS='dataset.root=/data/refer'   one REC table column set each"
@@ -38,6 +39,19 @@ test: install
 	$(BIN)/python -m pytest -q -m "not slow"
 test-slow: install
 	$(BIN)/python -m pytest -q -m slow
+
+# The open_clip towers' tests, in an environment of their own: open_clip imports torchvision, and the torchvision
+# that matches the CPU torch above is not on this project's machines; torch 2.14.1 + torchvision 0.29.1 are.
+OPEN_CLIP_VENV ?= .venv-open-clip
+OPEN_CLIP_TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+$(OPEN_CLIP_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(OPEN_CLIP_VENV)
+	$(OPEN_CLIP_VENV)/bin/python -m pip install -q --upgrade pip
+	$(OPEN_CLIP_VENV)/bin/python -m pip install -q $(OPEN_CLIP_TORCH_SPEC)
+	$(OPEN_CLIP_VENV)/bin/python -m pip install -q -e ".[dev,open_clip]"
+	touch $@
+test-open-clip: $(OPEN_CLIP_VENV)/.installed
+	$(OPEN_CLIP_VENV)/bin/python -m pytest -q tests/model/test_open_clip_tower.py
 
 shapes-rec: install
 	$(RUN) experiment=shapes_rec $(ARGS)

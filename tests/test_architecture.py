@@ -105,11 +105,13 @@ def test_every_module_has_a_layer():
 
 # The tower modules: the only ones that may name a backbone's internals. The sandbox trainer builds and
 # trains an HF CLIPModel (it writes the shipped checkpoint), so it knows HF CLIP's modules by design.
-TOWER_MODULES = {"falip.model.hf_clip", "falip.model.hf_siglip"}
+TOWER_MODULES = {"falip.model.hf_clip", "falip.model.hf_siglip", "falip.model.open_clip_tower"}
 HF_ONLY = {"falip.sandbox.training"}
 HF_CLIP_NAMES = {"vision_model", "text_model", "visual_projection", "text_projection", "q_proj", "k_proj", "v_proj",
                  "out_proj", "self_attn", "pre_layrnorm", "post_layernorm", "layer_norm1", "layer_norm2",
-                 "get_image_features", "get_text_features", "vision_config", "text_config", "encoder"}
+                 "get_image_features", "get_text_features", "vision_config", "text_config", "encoder",
+                 # open_clip's
+                 "resblocks", "in_proj_weight", "in_proj_bias", "ln_1", "ln_2", "ln_post", "_embeds", "conv1"}
 MODEL_OBJECTS = ("model", "clip", "tower")
 
 

@@ -24,7 +24,7 @@ from ..encoding.regions import DEFAULT_BATCH_SIZE, EncodingCounts, encode_items
 from ..encoding.text import TextCache
 from ..errors import ConfigError, DatasetError
 from ..io import atomic_write_text, cache_root, drop_torn_tail, open_for_append, output_error
-from ..model.clip import FoveatedCLIP
+from ..model.clip import OPEN_CLIP_PREFIX, FoveatedCLIP
 from ..model.steering import EXACT, ExecutionPlan
 from ..prompts.config import prompts_from_config
 from ..prompts.prompt import VisualPrompt
@@ -289,14 +289,18 @@ def evaluate_split(model: FoveatedCLIP, task: Task, split, prompts: Sequence[Vis
 
 
 def load_model(model_cfg: Mapping[str, Any], run: RunSettings, ranks: Ranks = SINGLE) -> FoveatedCLIP:
-    """``model.path`` (a local directory) wins over ``model.name`` (a HF Hub id, read from the HF cache offline).
-    In a multi-process CUDA run each rank takes ``cuda:<LOCAL_RANK>``."""
+    """``model.path`` (a local directory) wins over ``model.name`` (a HF Hub id, read from the HF cache offline);
+    for ``model.name=open_clip:<architecture>``, ``model.path`` (a state-dict file) or ``model.pretrained`` (a tag)
+    are its weights. In a multi-process CUDA run each rank takes ``cuda:<LOCAL_RANK>``."""
     source = model_cfg.get("path") or model_cfg.get("name")
     if not source:
         raise ConfigError("set model.name (a HF Hub id) or model.path (a local CLIP directory)")
     device = run.device
     if ranks.world > 1 and torch.cuda.is_available() and device in ("auto", "cuda"):
         device = f"cuda:{ranks.local_rank}"
+    if str(model_cfg.get("name") or "").startswith(OPEN_CLIP_PREFIX):  # an architecture + its weights
+        return FoveatedCLIP.from_pretrained(model_cfg["name"], weights=model_cfg.get("path") or model_cfg.get("pretrained"),
+                                            device=device, dtype=run.dtype)
     return FoveatedCLIP.from_pretrained(source, device=device, dtype=run.dtype,
                                         attn_implementation=model_cfg.get("attn_implementation", "sdpa"))
 

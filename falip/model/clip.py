@@ -24,6 +24,8 @@ from ..errors import FalipError
 from ..geometry import ResizeGeometry
 from .bias import DEFAULT_ALPHA
 from .preprocessing import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, RESAMPLE_BICUBIC, ImagePreprocessor
+from .open_clip_tower import PREFIX as OPEN_CLIP_PREFIX
+from .open_clip_tower import load_open_clip
 from .steering import EXACT, ExecutionPlan, PlanUsed, Steering, encode_steered, layer_set
 from .towers import check_model_type, model_type_of, towers_for
 
@@ -130,7 +132,7 @@ class FoveatedCLIP(nn.Module):
                  source: str | None = None):
         super().__init__()
         self.clip = clip_model
-        self.tower, self.text = towers_for(clip_model)
+        self.tower, self.text = towers_for(clip_model, tokenizer)
         self.tokenizer = tokenizer
         config = image_processor if isinstance(image_processor, dict) else (
             vars(image_processor) if image_processor is not None else {})
@@ -139,7 +141,8 @@ class FoveatedCLIP(nn.Module):
             image_mean=tuple(float(v) for v in (config.get("image_mean") or OPENAI_CLIP_MEAN)),
             image_std=tuple(float(v) for v in (config.get("image_std") or OPENAI_CLIP_STD)),
             resample=int(config.get("resample", RESAMPLE_BICUBIC)))
-        self.source = source or getattr(clip_model.config, "_name_or_path", "") or "<in-memory CLIPModel>"
+        self.source = (source or getattr(getattr(clip_model, "config", None), "_name_or_path", "")
+                       or "<in-memory CLIPModel>")
         self.num_layers = self.tower.num_layers
 
     # ------------------------------------------------------------------ loading
@@ -153,8 +156,12 @@ class FoveatedCLIP(nn.Module):
         attn_implementation: str = "sdpa",
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
+        weights: str | os.PathLike | None = None,
     ) -> "FoveatedCLIP":
-        """Load a HF CLIP checkpoint: a Hub id (from the HF cache when offline) or a local directory.
+        """Load a HF checkpoint (CLIP, MetaCLIP 2, SigLIP): a Hub id (from the HF cache when offline) or a local
+        directory; or an open_clip model, ``open_clip:<architecture>`` with ``weights`` a state-dict file or a
+        pretrained tag, or ``open_clip:local-dir:<folder>`` / ``open_clip:hf-hub:<repo>`` (the optional extra
+        ``falip[open_clip]``).
 
         Raises :class:`CheckpointNotFoundError` naming the checkpoint and how to obtain it when it is
         not a directory, not in the cache, and cannot be downloaded.
@@ -162,6 +169,10 @@ class FoveatedCLIP(nn.Module):
         from transformers import AutoConfig, AutoModel, AutoTokenizer
 
         name = os.fspath(name_or_path)
+        if name.startswith(OPEN_CLIP_PREFIX):
+            return cls._from_open_clip(name, None if weights is None else os.fspath(weights), device, dtype, cache_dir)
+        if weights is not None:
+            raise ValueError(f"weights= is for open_clip models (open_clip:<architecture>); '{name}' carries its own")
         if _looks_like_path(name) and not Path(name).expanduser().is_dir():
             raise CheckpointNotFoundError(
                 f"CLIP checkpoint directory '{name}' does not exist. " + _how_to_get("openai/clip-vit-base-patch16"))
@@ -201,6 +212,17 @@ class FoveatedCLIP(nn.Module):
                 f"{_how_to_fill(name) if Path(name).is_dir() else _how_to_get(name)}") from error
         processor_config = _read_preprocessor_config(name, cache_dir, local_files_only)
         wrapped = cls(model, tokenizer, processor_config, source=name)
+        return wrapped.to(resolve_device(device)).eval()
+
+    @classmethod
+    def _from_open_clip(cls, name: str, weights: str | None, device, dtype, cache_dir: str | None) -> "FoveatedCLIP":
+        architecture = name.removeprefix(OPEN_CLIP_PREFIX)
+        try:
+            model, tokenizer, preprocessing = load_open_clip(architecture, weights, cache_dir)
+        except (OSError, ValueError, ImportError) as error:
+            raise CheckpointNotFoundError(f"Could not load '{name}': {error}") from None
+        source = f"{name}" + (f" ({weights})" if weights else "")
+        wrapped = cls(model.to(resolve_dtype(dtype)), tokenizer, preprocessing, source=source)
         return wrapped.to(resolve_device(device)).eval()
 
     # ------------------------------------------------------------------ properties
@@ -347,14 +369,9 @@ class FoveatedCLIP(nn.Module):
     def unknown_token_counts(self, texts: Sequence[str]) -> list[tuple[int, int]]:
         """Per text, (tokens that are the tokenizer's unknown token, tokens) -- (0, n) for a tokenizer whose
         unknown token is also its end/start/padding token (CLIP's BPE: it never meets an unknown word)."""
-        if self.tokenizer is None:
-            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        special = {getattr(self.tokenizer, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad")}
-        ids = self.tokenizer(list(texts), truncation=False, verbose=False)["input_ids"]
-        if unk is None or unk in special:
-            return [(0, len(row)) for row in ids]
-        return [(sum(token == unk for token in row), len(row)) for row in ids]
+        unknown = self.text.unknown_token_id
+        return [(0 if unknown is None else sum(token == unknown for token in row), len(row))
+                for row in self.text.token_ids(texts)]
 
     @property
     def text_context(self) -> int:
@@ -366,17 +383,12 @@ class FoveatedCLIP(nn.Module):
         return [total for _, total in self.unknown_token_counts(texts)]
 
     def _encode_text(self, texts: Sequence[str], batch_size: int) -> torch.Tensor:
-        if self.tokenizer is None:
-            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
         if isinstance(texts, str):
             texts = [texts]
-        max_length = self.text_context
         chunks = []
         for start in range(0, len(texts), batch_size):
-            tokens = self.tokenizer(list(texts[start:start + batch_size]), padding=self.text.padding,
-                                    truncation=True, max_length=max_length, return_tensors="pt")
-            mask = tokens.get("attention_mask")
-            features = self.text.features(tokens["input_ids"].to(self.device), None if mask is None else mask.to(self.device))
+            input_ids, mask = self.text.tokenize(texts[start:start + batch_size], self.text_context)
+            features = self.text.features(input_ids.to(self.device), None if mask is None else mask.to(self.device))
             chunks.append(features / features.norm(dim=-1, keepdim=True))
         if not chunks:
             return torch.empty(0, self.text.width, device=self.device, dtype=self.dtype)

@@ -160,15 +160,49 @@ class HFCLIPTower(HFEncoderLayers):
         return self._library(pixels)
 
 
-class HFCLIPText:
+class HFText:
+    """What the text sides of ``transformers`` models share: their HF tokenizer (``None``: texts cannot be
+    encoded), padded as the family was trained (:attr:`padding`)."""
+
+    padding = "longest"
+
+    def __init__(self, model: nn.Module, tokenizer=None):
+        self._model, self.tokenizer = model, tokenizer
+
+    def _require_tokenizer(self):
+        if self.tokenizer is None:
+            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_pretrained")
+        return self.tokenizer
+
+    def tokenize(self, texts, max_length: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Texts -> ``(input_ids, attention_mask or None)``, truncated to ``max_length`` tokens."""
+        tokens = self._require_tokenizer()(list(texts), padding=self.padding, truncation=True, max_length=max_length,
+                                           return_tensors="pt")
+        return tokens["input_ids"], tokens.get("attention_mask")
+
+    def token_ids(self, texts) -> list[list[int]]:
+        """Each text's token ids before truncation."""
+        return self._require_tokenizer()(list(texts), truncation=False, verbose=False)["input_ids"]
+
+    @property
+    def unknown_token_id(self) -> int | None:
+        """The id unknown words map to; ``None`` when the tokenizer never meets one (CLIP's byte-level BPE, whose
+        unknown token is also its end/start/padding token)."""
+        tokenizer = self._require_tokenizer()
+        unknown = getattr(tokenizer, "unk_token_id", None)
+        special = {getattr(tokenizer, f"{kind}_token_id", None) for kind in ("bos", "eos", "pad")}
+        return None if unknown in special else unknown
+
+    def config_value(self, key: str):
+        return getattr(self._model.config, key, None)
+
+
+class HFCLIPText(HFText):
     """The text side and the shared scalars of a ``transformers`` ``CLIPModel``: projected text features,
     the context length, the learned logit scale and a config value (e.g. ``foveal_alpha``)."""
 
     padding = "longest"  # CLIP's text tower reads the EOS row under a causal mask: padding is never seen
     probability = "softmax"  # contrastive training: a softmax over the candidates
-
-    def __init__(self, clip_model: nn.Module):
-        self._model = clip_model
 
     @property
     def logit_bias(self) -> float:
@@ -186,8 +220,5 @@ class HFCLIPText:
     def logit_scale(self) -> torch.Tensor:
         return self._model.logit_scale
 
-    def config_value(self, key: str):
-        return getattr(self._model.config, key, None)
-
-    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
         return self._model.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output

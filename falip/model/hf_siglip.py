@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .hf_clip import HFEncoderLayers
+from .hf_clip import HFEncoderLayers, HFText
 
 PROBE = slice(0, 1)
 PATCHES = slice(1, None)
@@ -102,7 +102,7 @@ class HFSiglipTower(HFEncoderLayers):
         return self._library(pixels)
 
 
-class HFSiglipText:
+class HFSiglipText(HFText):
     """The text side and the shared scalars of a ``SiglipModel``. SigLIP was trained on texts padded to
     ``max_length`` (64 tokens) without an attention mask, so it reads them that way; its scores are
     ``sigmoid(logit_scale * cos + logit_bias)`` -- a monotone map of the cosine, so every argmax and every
@@ -110,9 +110,6 @@ class HFSiglipText:
 
     padding = "max_length"
     probability = "sigmoid"  # the sigmoid loss: every (image, text) pair on its own
-
-    def __init__(self, siglip_model: nn.Module):
-        self._model = siglip_model
 
     @property
     def context(self) -> int:
@@ -130,9 +127,6 @@ class HFSiglipText:
     @property
     def logit_bias(self) -> float:
         return float(self._model.logit_bias.detach().float())
-
-    def config_value(self, key: str):
-        return getattr(self._model.config, key, None)
 
     def features(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self._model.get_text_features(input_ids=input_ids).pooler_output  # no mask, as trained

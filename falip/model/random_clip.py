@@ -16,6 +16,7 @@ import torch
 from transformers import CLIPConfig, CLIPModel, MetaClip2Config, MetaClip2Model, SiglipConfig, SiglipModel
 
 from .clip import FoveatedCLIP
+from .open_clip_tower import import_open_clip
 from .tokenizer import BOS_ID, EOS_ID, PAD_ID, build_word_tokenizer
 
 PRESETS = {
@@ -83,4 +84,36 @@ def save_random_checkpoint(folder: str | Path, preset: str = "tiny", seed: int =
     size = model.image_size
     processor = {**FAMILIES[family][2], "size": {"height": size, "width": size}, "do_resize": True}
     (folder / "preprocessor_config.json").write_text(json.dumps(processor, indent=1))
+    return folder
+
+
+def save_random_open_clip(folder: str | Path, preset: str = "tiny", seed: int = 0, **overrides) -> Path:
+    """Write a random open_clip ``CLIP`` (its own ViT, ``[CLS]``-pooled; CLIP's BPE text tower) in open_clip's
+    Hub layout -- ``open_clip_config.json`` (``model_cfg`` + ``preprocess_cfg``) and
+    ``open_clip_model.safetensors`` -- which ``model.name=open_clip:local-dir:<folder>`` loads. Needs the
+    extra ``falip[open_clip]``."""
+    from safetensors.torch import save_file
+
+    open_clip = import_open_clip()
+    dims = {**PRESETS[preset], **overrides}
+    model_cfg = {"embed_dim": dims["projection_dim"],
+                 "vision_cfg": {"image_size": dims["image_size"], "patch_size": dims["patch_size"],
+                                "layers": dims["vision_layers"], "width": dims["vision_width"],
+                                "head_width": dims["vision_width"] // dims["vision_heads"]},
+                 "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": dims["text_width"],
+                              "heads": dims["text_heads"], "layers": dims["text_layers"]}}
+    torch.manual_seed(seed)
+    model = open_clip.model.CLIP(**model_cfg)
+    with torch.no_grad():  # open_clip leaves the vision tower's layer norms and biases at 1 and 0: stir them
+        for name, parameter in model.named_parameters():
+            if name.startswith("visual.") and parameter.ndim == 1:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    preprocess = {"mean": list(FAMILIES["clip"][2]["image_mean"]), "std": list(FAMILIES["clip"][2]["image_std"]),
+                  "interpolation": "bicubic", "resize_mode": "shortest"}
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess},
+                                                             indent=1))
     return folder

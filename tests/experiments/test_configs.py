@@ -51,13 +51,15 @@ def test_every_model_of_the_backbone_study_composes_with_its_alpha_and_tuned_mar
 
     study = yaml.safe_load((Path(__file__).parents[2] / "configs" / "experiment" / "backbones.yaml").read_text())
     models = study["hydra"]["sweeper"]["params"]["model"].split(",")
-    assert {"siglip_b16", "siglip2_b16", "metaclip2_b16", "clip_vit_b16"} <= set(models)
+    assert {"siglip_b16", "siglip2_b16", "metaclip2_b16", "clip_vit_b16", "dfn_b16", "datacomp_b16"} <= set(models)
     for model in models:
         config = compose(["experiment=backbones", f"model={model}"])
         assert config["foveal"]["alpha"] == config["model"]["foveal_alpha"] == 0.2
         assert config["model"]["foveal_alpha_tuned"] is (model == "clip_vit_b16"), model
         prompts = prompts_from_config(config["prompts"], foveal=config["foveal"])
         assert [p.name for p in prompts] == ["Original CLIP", "RedCircle", "FALIP"]
+        if config["model"]["name"].startswith("open_clip:"):  # an architecture and its weights' tag
+            assert config["model"]["pretrained"] and config["model"]["path"] is None
 
 
 def test_run_threads_sets_torchs_cpu_threads_and_leaves_the_config_hash_alone():
