@@ -51,7 +51,7 @@ $(OPEN_CLIP_VENV)/.installed: pyproject.toml
 	$(OPEN_CLIP_VENV)/bin/python -m pip install -q -e ".[dev,open_clip]"
 	touch $@
 test-open-clip: $(OPEN_CLIP_VENV)/.installed
-	$(OPEN_CLIP_VENV)/bin/python -m pytest -q tests/model/test_open_clip_tower.py
+	$(OPEN_CLIP_VENV)/bin/python -m pytest -q tests/model/test_open_clip_tower.py tests/model/test_timm_tower.py
 
 shapes-rec: install
 	$(RUN) experiment=shapes_rec $(ARGS)

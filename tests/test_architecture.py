@@ -103,22 +103,26 @@ def test_every_module_has_a_layer():
     assert not fallback, f"modules without a layer (add them to LAYERS and docs/architecture.md): {fallback}"
 
 
-# The tower modules: the only ones that may name a backbone's internals. The sandbox trainer builds and
-# trains an HF CLIPModel (it writes the shipped checkpoint), so it knows HF CLIP's modules by design.
-TOWER_MODULES = {"falip.model.hf_clip", "falip.model.hf_siglip", "falip.model.open_clip_tower"}
-HF_ONLY = {"falip.sandbox.training"}
+# The tower modules: the only ones that may name a backbone's internals. The builders write checkpoints -- the
+# sandbox trainer trains an HF CLIPModel (the shipped checkpoint), random_clip assembles random test models --,
+# so they know the modules they build by design.
+TOWER_MODULES = {"falip.model.hf_clip", "falip.model.hf_siglip", "falip.model.open_clip_tower", "falip.model.timm_tower"}
+BUILDERS = {"falip.sandbox.training", "falip.model.random_clip"}
 HF_CLIP_NAMES = {"vision_model", "text_model", "visual_projection", "text_projection", "q_proj", "k_proj", "v_proj",
                  "out_proj", "self_attn", "pre_layrnorm", "post_layernorm", "layer_norm1", "layer_norm2",
                  "get_image_features", "get_text_features", "vision_config", "text_config", "encoder",
                  # open_clip's
-                 "resblocks", "in_proj_weight", "in_proj_bias", "ln_1", "ln_2", "ln_post", "_embeds", "conv1"}
+                 "resblocks", "in_proj_weight", "in_proj_bias", "ln_1", "ln_2", "ln_post", "_embeds", "conv1",
+                 # timm's
+                 "trunk", "blocks", "attn_pool", "qkv", "q_norm", "k_norm", "norm1", "norm2", "ls1", "ls2",
+                 "patch_embed", "_pos_embed", "norm_pre", "fc_norm"}
 MODEL_OBJECTS = ("model", "clip", "tower")
 
 
 @pytest.mark.parametrize("path", MODULES, ids=lambda p: str(p.relative_to(PACKAGE.parent)))
 def test_only_the_tower_module_names_a_backbones_internals(path):
     name = module_name(path)
-    if name in TOWER_MODULES | HF_ONLY:
+    if name in TOWER_MODULES | BUILDERS:
         return
     named = [f"line {node.lineno}: .{node.attr}" for node in ast.walk(ast.parse(path.read_text()))
              if isinstance(node, ast.Attribute) and node.attr in HF_CLIP_NAMES]
@@ -130,7 +134,7 @@ def test_no_code_sets_attributes_on_a_model_at_run_time(path):
     """Per-call choices (steering, execution plan) are arguments, never model state: no ``model.x = ...``
     anywhere, and the model and tower classes set ``self.x`` in ``__init__`` only. (The sandbox trainer
     edits the HF CLIPModel it is training: it builds checkpoints, it does not evaluate them.)"""
-    if module_name(path) in HF_ONLY:
+    if module_name(path) in BUILDERS:
         return
     tree = ast.parse(path.read_text())
     offenders = []

@@ -23,15 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .hf_clip import HFEncoderLayers, HFText
+from .tower import PROBE_PATCH_ROWS, PROBE_ROWS, probe_sequence_mask, probe_sequence_rows
 
-PROBE = slice(0, 1)
-PATCHES = slice(1, None)
-
-
-def _sequence_rows(rows: slice) -> slice:
-    """Layout rows (probe first) -> rows of the encoder's sequence (patches only)."""
-    start = max((rows.start or 0), 1) - 1
-    return slice(start, None if rows.stop is None else rows.stop - 1)
+PROBE, PATCHES = PROBE_ROWS, PROBE_PATCH_ROWS
 
 
 class HFSiglipTower(HFEncoderLayers):
@@ -58,16 +52,12 @@ class HFSiglipTower(HFEncoderLayers):
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.vision.embeddings(pixels)
 
-    @staticmethod
-    def _sequence_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
-        return None if mask is None else mask[..., PATCHES, PATCHES]
-
     def layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        return super().layer(index, hidden, self._sequence_mask(mask))
+        return super().layer(index, hidden, probe_sequence_mask(mask))
 
     def layer_rows(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, rows: slice,
                    image_index: torch.Tensor | None = None) -> torch.Tensor:
-        return super().layer_rows(index, hidden, self._sequence_mask(mask), _sequence_rows(rows), image_index)
+        return super().layer_rows(index, hidden, probe_sequence_mask(mask), probe_sequence_rows(rows), image_index)
 
     def pooled_stream_layer(self, index, image_hidden, pooled, mask, image_index):
         raise ValueError("cls_stream computes the pooled row inside the layers; SigLIP pools after them")

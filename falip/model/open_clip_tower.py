@@ -3,14 +3,14 @@ tower module, the only place that knows open_clip's module names.
 
 Supported: open_clip's own ``VisionTransformer`` pooled by its ``[CLS]`` token (``pool_type='tok'``, no
 attentional pooler) with the default ``ResidualAttentionBlock`` (``nn.MultiheadAttention``) -- the ViTs of
-OpenAI, LAION, DataComp and DFN (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``ViT-L-14``, ...). Its text side is
-open_clip's CLIP text tower with the CLIP BPE tokenizer.
+OpenAI, LAION, DataComp and DFN (``ViT-B-16``, ``ViT-B-16-quickgelu``, ``ViT-L-14``, ...) -- here; and the
+timm towers pooled by an attention-pooling probe (``ViT-B-16-SigLIP2``, ``ViT-B-16-SigLIP``, ...) in
+:mod:`falip.model.timm_tower`. The text side is open_clip's text tower with its tokenizer: CLIP's BPE, or the
+HF tokenizer the model names (SigLIP's, padded to the context as trained).
 
-Not supported, each refused in one line naming why: towers that open_clip takes from timm
-(``EVA02-*``, ``PE-Core-*``, ``ViT-*-SigLIP*``: their blocks, rotary embeddings and pooling heads live in
-timm, behind another set of module names -- the HF SigLIP tower covers SigLIP and SigLIP 2 checkpoints), the
-``custom`` blocks (qk-norm, scaled cosine attention), average pooling and attentional poolers, and
-HF-tokenizer text towers.
+Not supported, each refused in one line naming why: the other timm towers (``EVA02-*``, ``PE-Core-*``: timm
+``Eva`` blocks with rotary position embeddings), the ``custom`` blocks (qk-norm, scaled cosine attention),
+average pooling and open_clip's attentional pooler (CoCa), and HF-transformers text towers.
 
 A steered layer is computed by hand from the block's own weights (``ln_1``, ``attn.in_proj_weight``/
 ``in_proj_bias``, ``attn.out_proj``, ``ls_1``, ``ln_2``, ``mlp``, ``ls_2``) with
@@ -27,7 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .tower import Hook, VisionTower, check_site
+from .manual_layers import HandWrittenLayers
+from .timm_tower import TimmProbeTower
+from .tower import VisionTower
 
 PREFIX = "open_clip:"
 CLS = slice(0, 1)
@@ -78,9 +80,10 @@ def load_open_clip(architecture: str, weights: str | None = None, cache_dir: str
         model = open_clip.create_model(architecture, pretrained=None if schema else weights, cache_dir=cache_dir,
                                        device="cpu", require_pretrained=True)
     except RuntimeError as error:  # open_clip reports weights it cannot find or fetch as RuntimeError
-        raise FileNotFoundError(f"open_clip:{architecture} weights {weights or ''} could not be loaded: "
-                                f"{str(error).splitlines()[0]} (offline, a pretrained tag is read from the HF cache: "
-                                f"fetch it on a machine with internet access first)") from None
+        hint = "" if schema or Path(str(weights)).suffix else (" (offline, a pretrained tag is read from the HF cache: "
+                                                               "fetch it on a machine with internet access first)")
+        raise FileNotFoundError(f"open_clip:{architecture} weights{' ' + weights if weights else ''} could not be "
+                                f"loaded: {str(error).splitlines()[0]}{hint}") from None
     tokenizer = open_clip.get_tokenizer(architecture, cache_dir=cache_dir)
     preprocess = open_clip.get_model_preprocess_cfg(model)
     return model.eval(), tokenizer, {
@@ -88,12 +91,18 @@ def load_open_clip(architecture: str, weights: str | None = None, cache_dir: str
         "resample": INTERPOLATION.get(str(preprocess.get("interpolation", "bicubic")), 3)}
 
 
+def open_clip_tower(model: nn.Module) -> VisionTower:
+    """The tower of an open_clip model: its own [CLS] ViT here, a probe-pooled timm ViT in the timm module."""
+    if type(model.visual).__name__ == "TimmModel":
+        return TimmProbeTower(model)
+    return OpenCLIPTower(model)
+
+
 def _unsupported(visual: nn.Module) -> str | None:
     """Why open_clip's vision tower ``visual`` cannot be steered here, or ``None``."""
     kind = type(visual).__name__
     if kind != "VisionTransformer":
-        return (f"its vision tower is {kind} (timm or a CNN), not open_clip's own VisionTransformer; timm towers "
-                f"(EVA02, PE-Core, SigLIP in open_clip) are not supported -- use the HF checkpoint of SigLIP")
+        return f"its vision tower is {kind} (a CNN or a text-conditioned tower), not a ViT"
     if getattr(visual, "attn_pool", None) is not None or getattr(visual, "pool_type", "tok") != "tok":
         return "it does not pool with its [CLS] token (attentional pooler or average pooling)"
     for block in visual.transformer.resblocks:
@@ -104,7 +113,7 @@ def _unsupported(visual: nn.Module) -> str | None:
     return None
 
 
-class OpenCLIPTower(VisionTower):
+class OpenCLIPTower(HandWrittenLayers):
     """The vision side of an open_clip ``CLIP`` model with its own ``VisionTransformer`` ([CLS] at row 0)."""
 
     pooled_rows = CLS
@@ -122,11 +131,6 @@ class OpenCLIPTower(VisionTower):
         self.num_heads = int(visual.transformer.resblocks[0].attn.num_heads)
         self.head_dim = int(visual.transformer.resblocks[0].attn.head_dim)
         self._library: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
-        self._hooks: dict[tuple[int, str], list[Hook]] = {}
-
-    @property
-    def attn_implementation(self) -> str:
-        return "sdpa"
 
     @property
     def dtype(self) -> torch.dtype:
@@ -135,11 +139,8 @@ class OpenCLIPTower(VisionTower):
     def _block(self, index: int) -> nn.Module:
         return self.visual.transformer.resblocks[index]
 
-    def _site(self, index: int, site: str, tensor: torch.Tensor) -> torch.Tensor:
-        for fn in self._hooks.get((index, site), ()):
-            replaced = fn(tensor)
-            tensor = tensor if replaced is None else replaced
-        return tensor
+    def _norm1(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return block.ln_1(hidden)
 
     def _projections(self, block: nn.Module, normed: torch.Tensor, query_rows: torch.Tensor):
         attention = block.attn
@@ -148,16 +149,8 @@ class OpenCLIPTower(VisionTower):
         return (F.linear(query_rows, weights[0], biases[0]), F.linear(normed, weights[1], biases[1]),
                 F.linear(normed, weights[2], biases[2]))
 
-    def _attend(self, queries, keys, values, mask) -> torch.Tensor:
-        """``(B, Lq, H*d)`` queries over ``(B, L, H*d)`` keys/values with the additive ``mask`` -> ``(B, Lq, H*d)``."""
-        batch, count = queries.shape[:2]
-
-        def split(tensor: torch.Tensor) -> torch.Tensor:
-            return tensor.view(batch, tensor.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
-
-        output = F.scaled_dot_product_attention(split(queries), split(keys), split(values),
-                                                attn_mask=None if mask is None else mask.to(queries.dtype))
-        return output.transpose(1, 2).reshape(batch, count, self.num_heads * self.head_dim)
+    def _out_projection(self, block: nn.Module) -> nn.Linear:
+        return block.attn.out_proj
 
     def _finish(self, block: nn.Module, residual: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         hidden = residual + block.ls_1(block.attn.out_proj(z))
@@ -165,39 +158,6 @@ class OpenCLIPTower(VisionTower):
 
     def embed(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.visual._embeds(pixels)
-
-    def layer(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        block = self._block(index)
-        hidden = self._site(index, "resid_pre", hidden)
-        normed = block.ln_1(hidden)
-        queries, keys, values = self._projections(block, normed, normed)
-        queries, keys, values = (self._site(index, site, tensor) for site, tensor in
-                                 (("q", queries), ("k", keys), ("v", values)))
-        z = self._site(index, "z", self._attend(queries, keys, values, mask))
-        return self._finish(block, hidden, z)
-
-    def layer_rows(self, index: int, hidden: torch.Tensor, mask: torch.Tensor | None, rows: slice,
-                   image_index: torch.Tensor | None = None) -> torch.Tensor:
-        block = self._block(index)
-        normed = block.ln_1(hidden)
-        queries, keys, values = self._projections(block, normed, normed[:, rows])
-        residual = hidden[:, rows]
-        if image_index is not None:
-            queries, keys, values, residual = (queries[image_index], keys[image_index], values[image_index],
-                                               residual[image_index])
-        z = self._attend(queries, keys, values, None if mask is None else mask[..., rows, :])
-        return self._finish(block, residual, z)
-
-    def pooled_stream_layer(self, index: int, image_hidden: torch.Tensor, pooled: torch.Tensor,
-                            mask: torch.Tensor | None, image_index: torch.Tensor) -> torch.Tensor:
-        block = self._block(index)
-        own, patches = block.ln_1(pooled), block.ln_1(image_hidden[:, PATCHES])
-        own_q, own_k, own_v = self._projections(block, own, own)
-        _, patch_k, patch_v = self._projections(block, patches, patches[:, :0])
-        keys = torch.cat([own_k, patch_k[image_index]], dim=1)
-        values = torch.cat([own_v, patch_v[image_index]], dim=1)
-        z = self._attend(own_q, keys, values, None if mask is None else mask[..., CLS, :])
-        return self._finish(block, pooled, z)
 
     def readout(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
                 image_index: torch.Tensor | None = None) -> torch.Tensor:
@@ -209,61 +169,47 @@ class OpenCLIPTower(VisionTower):
     def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """open_clip's ``encode_image``; while hooks are installed (a reader such as the per-head decomposition),
         the same forward through this tower's layers, whose sites run them (``nn.MultiheadAttention`` has none)."""
-        if not any(self._hooks.values()):
-            return self._library(pixels)
-        hidden = self.embed(pixels)
-        for index in range(self.num_layers):
-            hidden = self.layer(index, hidden, None)
-        return self.readout(hidden)
-
-    def head_terms(self, index: int, z_pooled: torch.Tensor) -> torch.Tensor:
-        weight = self._block(index).attn.out_proj.weight
-        per_head = z_pooled.reshape(z_pooled.shape[0], self.num_heads, self.head_dim)
-        return torch.einsum("bhd,whd->bhw", per_head.to(weight.dtype),
-                            weight.reshape(weight.shape[0], self.num_heads, self.head_dim))
-
-    def head_bias(self, index: int) -> torch.Tensor:
-        out_proj = self._block(index).attn.out_proj
-        return out_proj.bias if out_proj.bias is not None else torch.zeros(out_proj.out_features)
-
-    def add_hook(self, index: int, site: str, fn: Hook, first: bool = False) -> Callable[[], None]:
-        check_site(site)
-        hooks = self._hooks.setdefault((index, site), [])
-        hooks.insert(0, fn) if first else hooks.append(fn)
-
-        def remove() -> None:
-            if fn in hooks:
-                hooks.remove(fn)
-        return remove
+        return self.hooked_features(pixels) if self.hooks_installed else self._library(pixels)
 
 
 class OpenCLIPText:
-    """The text side and shared scalars of an open_clip ``CLIP`` model: its BPE tokenizer (every word is known:
-    byte-level BPE), ``encode_text``, the context, the logit scale (and bias, for sigmoid-trained models)."""
-
-    probability = "softmax"
+    """The text side and shared scalars of an open_clip model: its tokenizer -- CLIP's byte-level BPE (every
+    word is known) or the HF tokenizer the model names (SigLIP's: texts padded to the context as trained) --,
+    ``encode_text``, the context, the logit scale, and the logit bias of sigmoid-trained models (their
+    probabilities are ``sigmoid``, as SigLIP's)."""
 
     def __init__(self, model: nn.Module, tokenizer: Any = None):
         self._model, self.tokenizer = model, tokenizer
-        if tokenizer is not None and not hasattr(tokenizer, "encode"):
-            raise ValueError("this open_clip model's tokenizer is not open_clip's CLIP BPE tokenizer (an HF "
-                             "tokenizer text tower): not supported")
+        if tokenizer is not None and not (hasattr(tokenizer, "encode") or hasattr(tokenizer, "tokenizer")):
+            raise ValueError(f"this open_clip model's tokenizer ({type(tokenizer).__name__}) is neither CLIP's BPE "
+                             f"tokenizer nor an HF tokenizer: not supported")
+
+    @property
+    def probability(self) -> str:
+        return "softmax" if getattr(self._model, "logit_bias", None) is None else "sigmoid"
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
             raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_open_clip")
         return self.tokenizer
 
+    @property
+    def _hf(self):
+        """The HF tokenizer inside open_clip's ``HFTokenizer`` (``None`` for CLIP's BPE tokenizer)."""
+        return getattr(self._require_tokenizer(), "tokenizer", None)
+
     def tokenize(self, texts, max_length: int) -> tuple[torch.Tensor, None]:
         return self._require_tokenizer()(list(texts), context_length=max_length), None
 
     def token_ids(self, texts) -> list[list[int]]:
         tokenizer = self._require_tokenizer()
+        if self._hf is not None:  # open_clip cleans the text, then the HF tokenizer adds its specials
+            return [list(ids) for ids in self._hf([tokenizer.clean_fn(text) for text in texts])["input_ids"]]
         return [[tokenizer.sot_token_id, *tokenizer.encode(text), tokenizer.eot_token_id] for text in texts]
 
     @property
-    def unknown_token_id(self) -> None:
-        return None
+    def unknown_token_id(self) -> int | None:
+        return None if self._hf is None else self._hf.unk_token_id
 
     @property
     def context(self) -> int:
@@ -271,7 +217,11 @@ class OpenCLIPText:
 
     @property
     def width(self) -> int:
-        return int(self._model.visual.output_dim)
+        text = getattr(self._model, "text", None)  # CustomTextCLIP keeps its text tower as one module
+        if text is not None:
+            return int(text.output_dim)
+        projection = self._model.text_projection  # CLIP: a (width, embed) matrix, or a Linear
+        return int(projection.out_features if isinstance(projection, nn.Linear) else projection.shape[-1])
 
     @property
     def logit_scale(self) -> torch.Tensor:

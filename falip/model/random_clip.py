@@ -117,3 +117,53 @@ def save_random_open_clip(folder: str | Path, preset: str = "tiny", seed: int = 
     (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg, "preprocess_cfg": preprocess},
                                                              indent=1))
     return folder
+
+
+TIMM_SIGLIP_B16 = "vit_base_patch16_siglip_224"  # the vision trunk of open_clip's ViT-B-16-SigLIP / -SigLIP2
+
+
+def random_open_clip_probe(seed: int = 0, words: tuple[str, ...] = ("a", "photo", "of", "the", "cat", "dog"),
+                           **trunk_overrides):
+    """(model config, model, tokenizer) of a random open_clip SigLIP-style model: a timm ViT trunk pooled by an
+    attention-pooling probe (``ViT-B-16-SigLIP2``'s, or smaller with ``trunk_overrides`` such as ``depth``,
+    ``embed_dim``, ``num_heads``, ``img_size``, ``patch_size``, which only an in-memory model can have: a saved
+    config names the timm trunk), a sigmoid logit bias, a one-layer text tower and a word-level HF tokenizer
+    (open_clip's ``HFTokenizer`` over it). Needs the extra ``falip[open_clip]``."""
+    open_clip = import_open_clip()
+    import timm
+
+    torch.manual_seed(seed)
+    trunk = timm.create_model(TIMM_SIGLIP_B16, pretrained=False, num_classes=0, global_pool="map", **trunk_overrides)
+    width = int(trunk.embed_dim)
+    model_cfg = {"embed_dim": width, "init_logit_bias": -10.0,
+                 "vision_cfg": {"image_size": int(trunk.patch_embed.img_size[0]), "timm_model_name": TIMM_SIGLIP_B16,
+                                "timm_model_pretrained": False, "timm_pool": "map", "timm_proj": "none"},
+                 "text_cfg": {"context_length": 16, "vocab_size": len(words) + 4, "hf_tokenizer_name": "local-dir",
+                              "tokenizer_kwargs": {"clean": "canonicalize"}, "width": 32, "heads": 2, "layers": 1,
+                              "no_causal_mask": True, "proj_bias": True, "pool_type": "last",
+                              "norm_kwargs": {"eps": 1e-6}, "act_kwargs": {"approximate": "tanh"}}}
+    model = open_clip.model.CustomTextCLIP(**model_cfg)  # builds the named trunk, replaced by this one
+    model.visual.trunk = trunk
+    with torch.no_grad():  # timm leaves layer norms and biases at 1 and 0: stir them
+        for name, parameter in model.named_parameters():
+            if name.startswith("visual.") and parameter.ndim == 1:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+    tokenizer = build_word_tokenizer(words, max_length=16)
+    return model_cfg, model.eval(), tokenizer
+
+
+def save_random_open_clip_probe(folder: str | Path, seed: int = 0) -> Path:
+    """Write :func:`random_open_clip_probe` (``ViT-B-16-SigLIP2``'s vision trunk, random) in open_clip's Hub
+    layout with its tokenizer files, which ``model.name=open_clip:local-dir:<folder>`` loads."""
+    from safetensors.torch import save_file
+
+    model_cfg, model, tokenizer = random_open_clip_probe(seed)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in model.state_dict().items()},
+              str(folder / "open_clip_model.safetensors"))
+    tokenizer.save_pretrained(folder)
+    preprocess = {"mean": [0.5, 0.5, 0.5], "std": [0.5, 0.5, 0.5], "interpolation": "bicubic", "resize_mode": "squash"}
+    config = {"model_cfg": {**model_cfg, "custom_text": True}, "preprocess_cfg": preprocess}  # CustomTextCLIP
+    (folder / "open_clip_config.json").write_text(json.dumps(config, indent=1))
+    return folder

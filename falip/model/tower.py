@@ -136,6 +136,23 @@ class VisionTower(nn.Module, ABC):
         are added first, so that a reader (``capture``) sees the tensor the layer really used."""
 
 
+PROBE_ROWS = slice(0, 1)
+PROBE_PATCH_ROWS = slice(1, None)
+
+
+def probe_sequence_rows(rows: slice) -> slice:
+    """For a tower pooled by a probe after its layers: steering-layout rows (probe first) -> rows of the layers'
+    sequence (the patches only)."""
+    start = max((rows.start or 0), 1) - 1
+    return slice(start, None if rows.stop is None else rows.stop - 1)
+
+
+def probe_sequence_mask(mask: torch.Tensor | None) -> torch.Tensor | None:
+    """For a tower pooled by a probe after its layers: a steering-layout mask -> its patch rows and columns, the
+    layers' sequence."""
+    return None if mask is None else mask[..., PROBE_PATCH_ROWS, PROBE_PATCH_ROWS]
+
+
 def require_pooled_row_in_layers(tower: VisionTower, what: str) -> None:
     """A one-line error for analyses that read the pooled row inside the layers, on a tower whose pooled row
     is an attention-pooling probe after them."""

@@ -8,20 +8,20 @@ image, which the foveal bias's fixed token grid does not follow.
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import nn
 
 from .hf_clip import HFCLIPText, HFCLIPTower
 from .hf_siglip import HFSiglipText, HFSiglipTower
-from .open_clip_tower import OpenCLIPText, OpenCLIPTower
+from .open_clip_tower import OpenCLIPText, open_clip_tower
 from .tower import VisionTower
 
-FAMILIES: dict[str, tuple[type, type]] = {
+FAMILIES: dict[str, tuple[Callable[..., VisionTower], type]] = {
     "clip": (HFCLIPTower, HFCLIPText),
     "metaclip_2": (HFCLIPTower, HFCLIPText),  # MetaCLIP 2: CLIP's layout and module names under its own class
     "siglip": (HFSiglipTower, HFSiglipText),
-    "open_clip": (OpenCLIPTower, OpenCLIPText),  # open_clip's own [CLS] ViTs (falip[open_clip]; not timm towers)
+    "open_clip": (open_clip_tower, OpenCLIPText),  # open_clip's [CLS] ViTs, probe-pooled timm ViTs (falip[open_clip])
 }
 UNSUPPORTED = {
     "siglip2": "SigLIP 2 NaFlex checkpoints change their patch grid per image; use a fixed-resolution SigLIP 2 "

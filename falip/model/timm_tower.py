@@ -1,0 +1,132 @@
+"""open_clip's timm towers pooled by an attention-pooling probe -- ``ViT-B-16-SigLIP2``, ``ViT-B-16-SigLIP``
+and their kin in open_clip (``TimmModel`` around a timm ``VisionTransformer`` with ``global_pool='map'``) -- as
+a :class:`~falip.model.tower.VisionTower`: a tower module, the only place that knows timm's module names.
+
+Like HF SigLIP (:mod:`falip.model.hf_siglip`), the layers' sequence is the patch tokens alone and the image is
+pooled after the last layer (``norm``) by ``attn_pool`` (timm's ``AttentionPoolLatent``: one learned latent
+query over the tokens, then a residual MLP). In the steering layout that latent is the pooled row 0: FALIP's
+default row is added to the latent's attention logits over the patch tokens (``attn_pool``'s own
+``attn_mask``), in every head; a bias's patch rows act in the layers it names, computed by hand from each
+``Block``'s weights (``norm1``, ``attn.qkv``, ``attn.q_norm``/``k_norm``, ``attn.norm``, ``attn.proj``,
+``ls1``, ``norm2``, ``mlp``, ``ls2``) with ``scaled_dot_product_attention`` and the additive mask. Unsteered,
+open_clip's own ``encode_image`` runs (bit for bit).
+
+Supported: timm ``VisionTransformer`` trunks with standard ``Block``/``Attention`` blocks (qk-norm included;
+no gated attention), no prefix tokens ([CLS] or registers), a fixed image size, one latent query. Refused in
+one line naming why: every other timm trunk -- EVA02 and PE-Core are timm ``Eva`` towers with rotary position
+embeddings, whose attention this module does not compute.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .manual_layers import HandWrittenLayers
+from .tower import PROBE_PATCH_ROWS, PROBE_ROWS, probe_sequence_mask, probe_sequence_rows
+
+
+def unsupported_timm(visual: nn.Module) -> str | None:
+    """Why open_clip's timm vision tower ``visual`` cannot be steered here, or ``None``."""
+    trunk = getattr(visual, "trunk", None)
+    kind = type(trunk).__name__
+    if kind != "VisionTransformer":
+        return (f"its timm trunk is {kind} (EVA02 and PE-Core are timm Eva towers with rotary position embeddings), "
+                f"not a timm VisionTransformer pooled by an attention-pooling probe")
+    pool = getattr(trunk, "attn_pool", None)
+    if pool is None or type(pool).__name__ != "AttentionPoolLatent":
+        return f"its timm VisionTransformer pools with global_pool={trunk.global_pool!r}, not an attention-pooling probe"
+    if pool.latent_len != 1 or pool.pos_embed is not None or pool.pool != "token":
+        return "its attention-pooling head has several latent queries or its own position embedding"
+    if trunk.num_prefix_tokens or getattr(trunk, "dynamic_img_size", False):
+        return "its sequence has prefix tokens ([CLS] or registers) or a dynamic image size"
+    for block in trunk.blocks:
+        if type(block).__name__ != "Block" or type(block.attn).__name__ != "Attention" or \
+                getattr(block.attn, "gate", None) is not None:
+            return f"its blocks are timm {type(block).__name__}/{type(block.attn).__name__} (gated or parallel), not Block/Attention"
+    return None
+
+
+class TimmProbeTower(HandWrittenLayers):
+    """The vision side of an open_clip model whose ``visual`` is a ``TimmModel`` around a probe-pooled timm ViT."""
+
+    pooled_rows = PROBE_ROWS
+    patch_rows = PROBE_PATCH_ROWS
+    pooled_in_sequence = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        why = unsupported_timm(model.visual)
+        if why:
+            raise ValueError(f"this open_clip model cannot be steered: {why}")
+        self.visual = model.visual
+        trunk = self.visual.trunk
+        size, patch = trunk.patch_embed.img_size, trunk.patch_embed.patch_size
+        if size[0] != size[1] or patch[0] != patch[1]:
+            raise ValueError("this open_clip model cannot be steered: its input or patches are not square")
+        self.image_size, self.patch_size = int(size[0]), int(patch[0])
+        self.num_layers = len(trunk.blocks)
+        self.num_heads = int(trunk.blocks[0].attn.num_heads)
+        self.head_dim = int(trunk.blocks[0].attn.head_dim)
+        self._library: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.visual.trunk.patch_embed.proj.weight.dtype
+
+    def _block(self, index: int) -> nn.Module:
+        return self.visual.trunk.blocks[index]
+
+    def _norm1(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        return block.norm1(hidden)
+
+    def _projections(self, block: nn.Module, normed: torch.Tensor, query_rows: torch.Tensor):
+        attention = block.attn
+        weights = attention.qkv.weight.chunk(3)
+        biases = attention.qkv.bias.chunk(3) if attention.qkv.bias is not None else (None,) * 3
+
+        def per_head_norm(norm: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+            shape = tensor.shape
+            return norm(tensor.view(*shape[:-1], self.num_heads, self.head_dim)).reshape(shape)
+
+        return (per_head_norm(attention.q_norm, F.linear(query_rows, weights[0], biases[0])),
+                per_head_norm(attention.k_norm, F.linear(normed, weights[1], biases[1])),
+                F.linear(normed, weights[2], biases[2]))
+
+    def _out_projection(self, block: nn.Module) -> nn.Linear:
+        if not isinstance(block.attn.norm, nn.Identity):
+            raise ValueError("this timm tower normalises the heads' outputs together before the output projection "
+                             "(scale_norm): they do not split into per-head terms")
+        return block.attn.proj
+
+    def _finish(self, block: nn.Module, residual: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        hidden = residual + block.drop_path1(block.ls1(block.attn.proj(block.attn.norm(z))))
+        return hidden + block.drop_path2(block.ls2(block.mlp(block.norm2(hidden))))
+
+    def _sequence_mask(self, mask: torch.Tensor | None) -> torch.Tensor | None:
+        return probe_sequence_mask(mask)
+
+    def _sequence_rows(self, rows: slice) -> slice:
+        return probe_sequence_rows(rows)
+
+    def embed(self, pixels: torch.Tensor) -> torch.Tensor:
+        trunk = self.visual.trunk
+        return trunk.norm_pre(trunk.patch_drop(trunk._pos_embed(trunk.patch_embed(pixels))))
+
+    def readout(self, hidden: torch.Tensor, mask: torch.Tensor | None = None,
+                image_index: torch.Tensor | None = None) -> torch.Tensor:
+        trunk = self.visual.trunk
+        normed = trunk.norm(hidden)
+        if image_index is not None:
+            normed = normed[image_index]
+        if mask is None:
+            pooled = trunk.attn_pool(normed)
+        else:  # the probe's row of the layout, on the latent's logits over the patch tokens: (R or 1, 1 or H, 1, N)
+            pooled = trunk.attn_pool(normed, attn_mask=mask[..., PROBE_ROWS, PROBE_PATCH_ROWS].to(normed.dtype))
+        return self.visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(pooled))))
+
+    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``encode_image``; while hooks are installed, the same forward through this tower's layers."""
+        return self.hooked_features(pixels) if self.hooks_installed else self._library(pixels)
