@@ -79,7 +79,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         if config.get("paper_reference"):
             print(f"\npaper (reference only; ViT-B/16 on RefCOCO, not comparable with other models or data):")
             print(paper_table(config["paper_reference"]).to_string(na_rep="-"))
-        written = [record.csv_path, record.json_path, record.extra.get("figure")]
+        written = [record.csv_path, record.json_path, record.extra.get("figure"), record.stable_csv_path,
+                   record.stable_json_path]
         print(f"\nwrote {', '.join(str(path) for path in written if path)}"
               + (f"; per-unit predictions under {record.predictions_path('x').parent}"
                  if config["run"].get("save_predictions") else ""))

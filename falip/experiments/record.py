@@ -1,16 +1,19 @@
-"""The record of one run: its table, its JSON sidecar, and the per-split checkpoints that make it resumable.
+"""The record of one run: its own folder, its table, its JSON sidecar, and the per-split checkpoints that make
+it resumable.
 
-:class:`ExperimentRecord` writes ``<output_dir>/<experiment>.csv`` (rows = prompts, columns = what
-each split contributes) and ``<output_dir>/<experiment>.json`` (resolved config, model + weights hash,
-dataset sizes and notes, forward counts, wall times, package version, git sha) after *every* finished
-split, so a crash or a bad sample in a later split never loses finished work. With
-``run.resume=true`` a split already finished under the same config *and the same data* (its digest,
-:mod:`falip.experiments.identity`) is reused, not recomputed.
+Every run writes into a folder of its own, ``<output_dir>/runs/<experiment>/<run id>/`` -- the id is
+``run.name`` when given, else the UTC start time and the config hash's first 8 characters -- so two runs never
+overwrite each other. :class:`ExperimentRecord` writes there ``<experiment>.csv`` (rows = prompts, columns =
+what each split contributes) and ``<experiment>.json`` (resolved config, model + weights hash, dataset sizes
+and notes, forward counts, wall times, package version, git sha) after *every* finished split, so a crash or a
+bad sample in a later split never loses finished work; and when the run completes, it publishes both as the
+stable ``<output_dir>/<experiment>.csv`` / ``.json`` (atomic replacements: the latest completed run), which the
+paper-layout tables read.
 
-:meth:`ExperimentRecord.begin` makes a run the only one writing its experiment in its output folder
-(a lock that names its holder and that the kernel releases when the process dies) and keeps what an
-earlier run left there: a finished table of another config, or any unfinished one, is moved to
-``<output_dir>/<experiment>.replaced-<time>/`` (printed) before the new run writes anything.
+With ``run.resume=true`` a run continues the latest run folder of the same config hash (or the ``run.name``
+folder), reusing a split already finished under the same config *and the same data* (its digest,
+:mod:`falip.experiments.identity`). A run holds a lock on its folder (it names its holder; the kernel releases
+it when the process dies), so two processes never write one folder.
 """
 from __future__ import annotations
 
@@ -24,15 +27,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from ..errors import DatasetError
-from ..io import folder_lock, holder, process_alive, write_json
+from ..errors import ConfigError, DatasetError
+from ..io import atomic_write_bytes, folder_lock, holder, process_alive, write_json
 from ..model.clip import FoveatedCLIP
 from .provenance import code_fingerprint, environment, git_state, utc_now, weights_fingerprint
 from .tables import accuracy_table, write_csv
 
 # Run options that change how a run goes, not what it computes: left out of the config hash.
 NON_SEMANTIC_RUN_KEYS = {"progress", "num_workers", "prefetch_images", "resume", "output_dir", "save_predictions",
-                         "batch_size", "device", "threads"}
+                         "batch_size", "device", "threads", "name"}
+RUNS = "runs"  # <output_dir>/runs/<experiment>/<run id>/: one folder per run
 # Where the model comes from does not change the numbers; its weights do (hashed instead).
 MODEL_LOCATION_KEYS = {"name", "path"}
 
@@ -79,63 +83,129 @@ def _safe_name(name: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_.+" else "_" for ch in name)
 
 
+def runs_folder(output_dir: str | Path, experiment: str) -> Path:
+    """Where the run folders of ``experiment`` lie: ``<output_dir>/runs/<experiment>/``."""
+    return Path(output_dir) / RUNS / _safe_name(experiment)
+
+
+def latest_run_folder(output_dir: str | Path, experiment: str) -> Path | None:
+    """The newest run folder of ``experiment`` under ``output_dir`` (by modification time), or ``None``."""
+    folders = [path for path in runs_folder(output_dir, experiment).glob("*")
+               if path.is_dir() and not path.is_symlink()]
+    return max(folders, key=lambda path: (path.stat().st_mtime_ns, path.name)) if folders else None
+
+
 class ExperimentRecord:
-    """The table and JSON sidecar of one run, rewritten after every finished split."""
+    """The folder, table and JSON sidecar of one run, rewritten after every finished split."""
 
     def __init__(self, name: str, config: Mapping[str, Any], output_dir: str | Path, row_order: Sequence[str],
-                 model: FoveatedCLIP | None = None, resume: bool = False, writer: bool = True):
+                 model: FoveatedCLIP | None = None, resume: bool = False, writer: bool = True,
+                 run_name: str | None = None):
         self.name, self.config, self.row_order = name, dict(config), list(row_order)
         self.output_dir = Path(output_dir)
-        self.csv_path = self.output_dir / f"{name}.csv"
-        self.json_path = self.output_dir / f"{name}.json"
-        self.work_dir = self.output_dir / name
+        self.stable_csv_path = self.output_dir / f"{name}.csv"
+        self.stable_json_path = self.output_dir / f"{name}.json"
         self.model_info = describe_model(model) if model is not None else None
         self.code = {**git_state(), "fingerprint": code_fingerprint(), "falip": environment()["falip"]}  # before any write
         self.hash = config_hash(self.config, (self.model_info or {}).get("weights_sha256"), self.code["fingerprint"])
-        self.resume = resume
+        self.resume, self.run_name = resume, run_name
+        self.run_dir: Path | None = None  # chosen by begin() (rank 0), then adopted by every rank
         self.columns: dict[str, dict[str, float]] = {}   # table column -> prompt -> value
         self.splits: dict[str, dict] = {}                # split -> its details (sidecar "columns")
         self._started, self._clock = utc_now(), time.perf_counter()
         self._process = holder()  # host + pid: a later run reads a "running" sidecar whose process is gone as interrupted
         self.extra: dict[str, Any] = {}
         self.writer = writer  # False on the ranks > 0 of a multi-process run: they read, rank 0 writes
-        self.lock_path = self.output_dir / f".{name}.lock"
         self._lock = contextlib.ExitStack()
 
-    def begin(self) -> Path | None:
-        """Claim the experiment's files in the output folder for this run (writer only).
+    def _in_run(self, name: str) -> Path:
+        if self.run_dir is None:
+            raise RuntimeError("the run folder is chosen by begin() (and adopted by every rank) before any file is named")
+        return self.run_dir / name
 
-        Takes the lock (:class:`~falip.io.LockHeld` if another live run has it). An earlier run's files
-        are kept in place when this run may reuse them (``resume`` with the same config hash) or when they
-        are a finished table of the same config (this run rewrites the same numbers); otherwise they are
-        moved to ``<output_dir>/<experiment>.replaced-<UTC time>/``, whose path is returned (else None)."""
+    @property
+    def csv_path(self) -> Path:
+        return self._in_run(f"{self.name}.csv")
+
+    @property
+    def json_path(self) -> Path:
+        return self._in_run(f"{self.name}.json")
+
+    @property
+    def work_dir(self) -> Path:
+        return self._in_run("")
+
+    def begin(self) -> Path | None:
+        """Choose and claim this run's folder (writer only; the other ranks :meth:`adopt` it): the ``run.name``
+        folder; with ``resume``, the latest folder of the same config hash; else a new one. Takes its lock
+        (:class:`~falip.io.LockHeld` if a live run holds it) and writes the sidecar at once. Returns the folder."""
         if not self.writer:
             return None
-        self._lock.enter_context(folder_lock(self.lock_path, f"{self.output_dir / self.name} (experiment {self.name})"))
+        runs = runs_folder(self.output_dir, self.name)
+        if self.run_name:
+            folder = runs / _safe_name(self.run_name)
+        else:
+            folder = self._latest_of_this_config(runs) if self.resume else None
+            folder = folder or self._new_folder(runs)
+        folder.mkdir(parents=True, exist_ok=True)
+        self._lock.enter_context(folder_lock(folder / ".lock", f"{folder} (experiment {self.name})"))
+        self.run_dir = folder
+        if self.run_name:
+            try:
+                self._check_named_folder()
+            except ConfigError:
+                self.release()
+                raise
+        self._save("running")  # from the start: a kill, a full disk, a lock holder's name all have a sidecar to say so
+        return folder
+
+    def adopt(self, run_dir: str | Path) -> None:
+        """Use the run folder rank 0 chose (a rank > 0 of a multi-process run)."""
+        self.run_dir = Path(run_dir)
+
+    def _latest_of_this_config(self, runs: Path) -> Path | None:
+        """The newest run folder (by its time-stamped name) whose sidecar has this run's config hash."""
+        candidates = sorted((path for path in runs.glob(f"*-{self.hash[:8]}*") if path.is_dir() and not path.is_symlink()),
+                            key=lambda path: path.name)
+        for folder in reversed(candidates):
+            try:
+                if read_sidecar(folder / f"{self.name}.json").get("config_hash") == self.hash:
+                    return folder
+            except DatasetError:
+                continue
+        return None
+
+    def _new_folder(self, runs: Path) -> Path:
+        """A fresh ``<UTC time>-<hash8>`` folder, created exclusively (a suffix when two runs start in one second)."""
+        runs.mkdir(parents=True, exist_ok=True)
+        stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{self.hash[:8]}"
+        for suffix in range(1, 1000):
+            folder = runs / (stem if suffix == 1 else f"{stem}-{suffix}")
+            try:
+                folder.mkdir()
+                return folder
+            except FileExistsError:
+                continue
+        raise OSError(f"could not create a run folder under {runs}")
+
+    def _check_named_folder(self) -> None:
+        """A ``run.name`` folder is reused only for the same config: resumed (``run.resume=true``) or, once
+        complete, rewritten with the same numbers; another config's or an unfinished run's work is never
+        overwritten."""
         try:
             previous = read_sidecar(self.json_path)
-        except DatasetError:  # unreadable: unfinished by any measure, so it is kept aside below
-            previous = {}
-        leftovers = [p for p in (self.csv_path, self.json_path, self.work_dir) if p.exists() or p.is_symlink()]
-        kept = None if not leftovers else self._keep_previous(previous, leftovers)
-        self._save("running")  # from the start: a kill, a full disk, a lock holder's name all have a sidecar to say so
-        return kept
-
-    def _keep_previous(self, previous: Any, leftovers: list[Path]) -> Path | None:
-        same_config = isinstance(previous, dict) and previous.get("config_hash") == self.hash
-        status = previous.get("status") if isinstance(previous, dict) else None
-        if same_config and (self.resume or status == "complete"):
-            return None
-        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        keep = self.output_dir / f"{self.name}.replaced-{stamp}"
-        suffix = 1
-        while keep.exists():
-            suffix += 1
-            keep = self.output_dir / f"{self.name}.replaced-{stamp}-{suffix}"
-        keep.mkdir(parents=True)
-        for path in leftovers:
-            os.replace(path, keep / path.name)
-        return keep
+        except DatasetError:
+            previous = {"status": "unreadable"}
+        if not previous:
+            return
+        if previous.get("config_hash") != self.hash:
+            raise ConfigError(f"run.name={self.run_name}: {self.run_dir} holds a run of another config (hash "
+                              f"{previous.get('config_hash')}, this one {self.hash}); choose another run.name, or leave "
+                              f"it unset (every run then gets a folder of its own)")
+        if not self.resume and effective_status(previous) != "complete":
+            raise ConfigError(f"run.name={self.run_name}: {self.run_dir} holds an unfinished run of this config "
+                              f"(status {effective_status(previous)}); rerun with run.resume=true to continue it, or "
+                              f"choose another run.name")
 
     def release(self) -> None:
         """Give up the lock (finish and fail do)."""
@@ -184,8 +254,18 @@ class ExperimentRecord:
         return accuracy_table(self.columns, self.row_order)
 
     def finish(self) -> None:
+        """Status ``complete``; then the run's table, figure and sidecar become the stable
+        ``<output_dir>/<experiment>.csv``, ``.png`` and ``.json`` (each replaced atomically: readers see the previous
+        completed run or this one; the sidecar last, so that it never names a table not yet written)."""
         try:
             self._save("complete")
+            if self.writer:
+                if self.columns:
+                    write_csv(self.table(), self.stable_csv_path)
+                figure = Path(self.extra["figure"]) if self.extra.get("figure") else None
+                if figure is not None and figure.is_file():
+                    atomic_write_bytes(self.output_dir / figure.name, figure.read_bytes())
+                write_json(self.stable_json_path, read_sidecar(self.json_path))
         finally:
             self.release()
 
@@ -212,7 +292,7 @@ class ExperimentRecord:
         payload = {
             "experiment": self.name, "status": status, "started": self._started, "updated": utc_now(),
             "wall_time_s": round(time.perf_counter() - self._clock, 3),
-            "command": " ".join(sys.argv), "config_hash": self.hash, "config": self.config,
+            "command": " ".join(sys.argv), "config_hash": self.hash, "run_dir": str(self.run_dir), "config": self.config,
             "model": self.model_info, "table": self.columns, "columns": self.splits,
             "counts": {"image_forwards": forwards,
                        "total_image_forwards": sum(sum(v.values()) for v in forwards.values() if v)},

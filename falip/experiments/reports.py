@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import pandas as pd
 from hydra.experimental.callback import Callback
@@ -132,19 +132,35 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     return table
 
 
-def _finished_jobs(sweep: Path) -> tuple[list[tuple[Path, dict]], list[str]]:
-    """The sweep's job sidecars that are complete, full-protocol results, and one line per job left out."""
-    kept, left_out = [], []
-    for sidecar in sorted(sweep.glob("*/*.json"), key=lambda p: (p.parent.name.zfill(6), p.name)):
-        meta = read_sidecar(sidecar)
-        if "table" not in meta:
-            continue
-        status = effective_status(meta)
-        if status != "complete":
-            left_out.append(f"{sidecar} left out: status {status}")
-            continue
-        kept.append((sidecar, meta))
-    return kept, left_out
+def run_sidecars(sources: Sequence[str | Path]) -> tuple[list[tuple[str, dict]], list[str]]:
+    """Every complete run's sidecar under ``sources`` (folders searched recursively, or sidecar files), each run
+    once (a run's folder copy and the stable ``<experiment>.json`` it published are one run, by ``run_dir``),
+    as ``(job, sidecar)`` in a stable order -- ``job``: the first folder below the source that holds the run (a
+    multirun's job number; the run folder's name under ``runs/<experiment>``) --; and one line per run left out
+    (not complete)."""
+    found: dict[str, tuple[str, dict]] = {}
+    left_out = []
+    for source in map(Path, sources):
+        if not source.exists():
+            raise DatasetError(f"{source} does not exist (collect reads run folders, sweep folders or sidecars)")
+        paths = [source] if source.is_file() else sorted(source.rglob("*.json"))
+        for path in paths:
+            if path.is_symlink() or path.name.startswith("."):
+                continue
+            meta = read_sidecar(path)
+            if "table" not in meta or meta.get("experiment") != path.stem:
+                continue  # not a run's sidecar (split checkpoints, caches, tables built by reports)
+            run_dir = str(meta.get("run_dir") or path.parent)
+            if run_dir in found or any(run_dir in line for line in left_out):
+                continue
+            status = effective_status(meta)
+            if status != "complete":
+                left_out.append(f"{run_dir} left out: status {status}")
+                continue
+            relative = Path(run_dir).relative_to(source) if Path(run_dir).is_relative_to(source) else Path(run_dir).name
+            found[run_dir] = ((Path(relative).parts or (Path(run_dir).name,))[0], meta)
+    order = sorted(found, key=lambda key: [part.zfill(8) if part.isdigit() else part for part in Path(key).parts])
+    return [found[key] for key in order], left_out  # a sweep's jobs in job order (2 before 10)
 
 
 def _value(text: str):
@@ -154,38 +170,49 @@ def _value(text: str):
         return text
 
 
-def collect_sweep(config: dict) -> pd.DataFrame:
-    """Merge a Hydra multirun's results (``sweep_dir``: one folder per job, each with its sidecar) into one
-    long-form CSV, ``<sweep_dir>/collected.csv`` (a row per job x experiment x prompt x column, with the
-    job's overrides as columns), and a plot of the value against the swept key (``report.x``, default: the
-    first override that varies and is numeric), ``<sweep_dir>/collected.png``."""
-    sweep = Path(config["sweep_dir"])
-    if not sweep.is_dir():
-        raise DatasetError(f"sweep_dir={sweep} is not a folder (a Hydra multirun's output: multirun/<date>)")
+def collect_runs(sources: Sequence[str | Path], destination: str | Path, x: str | None = None) -> pd.DataFrame:
+    """Fold finished runs -- run folders (``<output_dir>/runs/<experiment>/``), a Hydra multirun's folder, or
+    any folder above them -- into one long-form CSV at ``destination`` (a row per run x experiment x prompt x
+    column, with each run's command-line overrides as columns), and a plot of the value against the swept key
+    (``x``, default: the first numeric override that varies) beside it."""
     rows = []
-    jobs, left_out = _finished_jobs(sweep)
+    runs, left_out = run_sidecars(sources)
     for warning in left_out:
         print(f"warning: {warning}", file=sys.stderr)
-    for sidecar, meta in jobs:
+    for label, meta in runs:
         overrides = dict(item.split("=", 1) for item in meta.get("overrides") or [] if "=" in item)
         reasons = partial_reasons(meta)
         for column, values in meta["table"].items():
             for prompt, value in values.items():
-                rows.append({"job": sidecar.parent.name, **{k: _value(v) for k, v in overrides.items()},
+                rows.append({"job": label, "run": Path(str(meta.get("run_dir") or label)).name, **{k: _value(v) for k, v in overrides.items()},
                              "experiment": meta["experiment"], "prompt": prompt, "column": column, "value": value,
-                             "partial": "; ".join(reasons)})
+                             "partial": "; ".join(reasons), "run_dir": meta.get("run_dir")})
     if not rows:
-        raise DatasetError(f"{sweep} holds no finished job (<job>/<experiment>.json with status complete)")
+        raise DatasetError(f"{', '.join(map(str, sources))} hold(s) no finished run (<experiment>.json with status complete)")
     frame = pd.DataFrame(rows)
-    path = sweep / "collected.csv"
+    path = Path(destination)
     atomic_write_text(path, frame.to_csv(index=False))
-    swept = [key for key in frame.columns if key not in ("job", "experiment", "prompt", "column", "value")
+    swept = [key for key in frame.columns if key not in ("job", "run", "experiment", "prompt", "column", "value", "run_dir")
              and frame[key].nunique() > 1 and pd.api.types.is_numeric_dtype(frame[key])]
-    x = (config.get("report") or {}).get("x") or (swept[0] if swept else None)
-    figure = collect_plot(frame, x, sweep / "collected.png") if x else None
-    print(frame.to_string(index=False))
+    x = x or (swept[0] if swept else None)
+    figure = collect_plot(frame, x, path.with_suffix(".png")) if x else None
+    print(frame.drop(columns=["run_dir"]).to_string(index=False))
     print(f"\nwrote {path}" + (f" and {figure}" if figure else ""))
     return frame
+
+
+def collect_sweep(config: dict) -> pd.DataFrame:
+    """``falip-run experiment=collect``: ``sweep_dir=<multirun folder>`` -> ``<sweep_dir>/collected.csv``; or
+    ``runs=[<folder>, ...]`` (run folders, e.g. ``results/runs/shapes_rec``) -> ``<run.output_dir>/collected.csv``."""
+    sweep, runs = config.get("sweep_dir"), config.get("runs")
+    x = (config.get("report") or {}).get("x")
+    if runs:
+        sources = [runs] if isinstance(runs, str) else list(runs)
+        return collect_runs(sources, Path(config["run"]["output_dir"]) / "collected.csv", x)
+    if not sweep or not Path(sweep).is_dir():
+        raise DatasetError(f"sweep_dir={sweep} is not a folder (a Hydra multirun's output: multirun/<date>); or name "
+                           f"run folders with runs=[results/runs/<experiment>, ...]")
+    return collect_runs([sweep], Path(sweep) / "collected.csv", x)
 
 
 def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str = "backbones") -> pd.DataFrame:
@@ -196,11 +223,12 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
     checkpoint, its source and weights hash."""
     sweep = Path(sweep_dir)
     columns, models = {}, {}
-    jobs, warnings = _finished_jobs(sweep)
-    for sidecar, meta in jobs:
+    jobs, warnings = run_sidecars([sweep])
+    for job, meta in jobs:
+        sidecar = Path(meta.get("run_dir") or sweep / job) / f"{meta['experiment']}.json"
         config = meta.get("config") or {}
         model = config.get("model") or {}
-        label = Path(model["path"]).name if model.get("path") else model.get("name", sidecar.parent.name)
+        label = Path(model["path"]).name if model.get("path") else model.get("name", job)
         alpha = (config.get("foveal") or {}).get("alpha")
         if alpha is not None:
             label = f"{label} [alpha {alpha}{', untuned' if model.get('foveal_alpha_tuned') is False else ''}]"
@@ -212,10 +240,10 @@ def backbone_table(sweep_dir: str | Path, column: str | None = None, name: str =
         if chosen not in meta["table"]:
             raise DatasetError(f"{sidecar} has no column {chosen!r} (has {list(meta['table'])})")
         if label in columns:
-            label = f"{label} ({sidecar.parent.name})"
+            label = f"{label} ({job})"
         columns[label] = meta["table"][chosen]
         info = meta.get("model") or {}
-        models[label] = {"job": sidecar.parent.name, "source": info.get("source"), "partial": reasons,
+        models[label] = {"job": job, "source": info.get("source"), "partial": reasons,
                          "model_type": info.get("model_type"), "foveal_alpha": alpha,
                          "foveal_alpha_tuned": model.get("foveal_alpha_tuned"),
                          "weights_sha256": info.get("weights_sha256"), "image_size": info.get("image_size"),

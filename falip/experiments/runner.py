@@ -384,13 +384,13 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
     model = load_model(config["model"], run, ranks)
     record = ExperimentRecord(config["experiment_name"], config, run.output_dir,
                               [prompt.name for prompt in prompts], model, resume=run.resume,
-                              writer=ranks.is_main)
-    kept = record.begin()  # the lock: one run per experiment and output folder (LockHeld names the holder)
+                              writer=ranks.is_main, run_name=run.name)
+    folder = record.begin()  # this run's own folder, locked (LockHeld names a live holder)
+    record.adopt(ranks.broadcast(str(folder) if folder else None))  # every rank writes its partial files there
     ranks.barrier()  # every rank sees the folder as rank 0 left it
     try:
-        if kept:
-            print(f"[falip] the earlier {record.name} run in {record.output_dir} (another config, or unfinished) "
-                  f"was moved to {kept}", file=sys.stderr)
+        if ranks.is_main:
+            print(f"[falip] run folder: {record.run_dir}", file=sys.stderr)
         record.extra["world_size"] = ranks.world
         record.extra["overrides"] = list(overrides)  # the command line's key=value (a sweep job's coordinates)
         if run.limit:
@@ -438,7 +438,7 @@ def _run_experiment(config: Mapping[str, Any], overrides: Sequence[str]) -> Expe
         if config.get("plot") and ranks.is_main:
             points = {prompt.name: dict(prompt.grid_point) for prompt in prompts if prompt.grid_point}
             figure = grid_plot(record.table(), points, config["plot"]["x"], config["plot"].get("lines"),
-                               record.output_dir / f"{record.name}.png", title=record.name)
+                               record.work_dir / f"{record.name}.png", title=record.name)
             record.extra["figure"] = str(figure)
     except BaseException as error:
         record.fail(error)

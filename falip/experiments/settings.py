@@ -40,6 +40,8 @@ RUN_SCHEMA: dict[str, tuple[Callable[[Any], bool], str]] = {
     "resume": (_boolean, "true or false"),
     "save_predictions": (_boolean, "true or false"),
     "output_dir": (_text, "a folder path"),
+    "name": (lambda v: v is None or (_text(v) and "/" not in v and v not in (".", "..")),
+             "null (a time-stamped folder per run) or a folder name"),
     "progress": (_boolean, "true or false"),
     "trims": (_boolean, "true or false"),
     "cls_stream": (_boolean, "true or false"),
@@ -87,6 +89,7 @@ class RunSettings:
     resume: bool
     save_predictions: bool
     output_dir: str
+    name: str | None
     progress: bool
     trims: bool
     cls_stream: bool

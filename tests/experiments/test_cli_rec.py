@@ -8,6 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from falip.experiments.record import latest_run_folder
 from falip.sandbox.datasets import write_shapes_rec
 
 from conftest import REFCOCO_SPLITS
@@ -38,7 +39,7 @@ def test_refcoco_experiment_end_to_end(refcoco_root, tmp_path):
         forwards = column["image_forwards"]
         assert forwards["Original CLIP"] == 10  # one forward per unique image
         assert all(forwards[name] == column["num_candidates"] == 10 * objects for name in forwards if name != "Original CLIP")
-    preds = (tmp_path / "results" / "refcoco_rec" / "predictions" / "testA.jsonl").read_text().splitlines()
+    preds = (latest_run_folder(tmp_path / "results", "refcoco_rec") / "predictions" / "testA.jsonl").read_text().splitlines()
     assert len(preds) == 20 and set(json.loads(preds[0])["pred"]) == set(table.index)
 
 

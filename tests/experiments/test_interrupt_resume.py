@@ -6,6 +6,7 @@ import signal
 
 import pytest
 
+from falip.experiments.record import latest_run_folder
 from falip.cli import compose
 from falip.experiments.runner import RunInterrupted, run_experiment
 from falip.tasks.rec import RecTask
@@ -35,12 +36,13 @@ def test_sigterm_then_resume_with_other_workers_loses_and_recomputes_nothing(tmp
     out = tmp_path / "run"
     with pytest.raises(RunInterrupted):
         run_experiment(config(out, "run.num_workers=0"))
-    sidecar = json.loads((out / "shapes_rec.json").read_text())
+    assert not (out / "shapes_rec.json").exists()  # the stable table: only a completed run updates it
+    sidecar = json.loads((latest_run_folder(out, "shapes_rec") / "shapes_rec.json").read_text())
     assert sidecar["status"] == "interrupted" and "SIGTERM" in sidecar["error"]
     assert list(sidecar["columns"]) == ["objects2"]
-    partial = out / "shapes_rec" / "predictions" / "objects3.jsonl.partial"
+    partial = latest_run_folder(out, "shapes_rec") / "predictions" / "objects3.jsonl.partial"
     kept = len(partial.read_text().splitlines()) - 1  # header + one row per finished item
-    assert kept >= 9 and not (out / "shapes_rec" / "predictions" / "objects3.jsonl").exists()
+    assert kept >= 9 and not (latest_run_folder(out, "shapes_rec") / "predictions" / "objects3.jsonl").exists()
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL or callable(signal.getsignal(signal.SIGTERM))
 
     monkeypatch.setattr(RecTask, "score", real_score)
@@ -54,5 +56,5 @@ def test_sigterm_then_resume_with_other_workers_loses_and_recomputes_nothing(tmp
     assert columns["objects4"]["resumed_items"] == 0 and not partial.exists()
     assert (out / "shapes_rec.csv").read_bytes() == (tmp_path / "reference" / "shapes_rec.csv").read_bytes()
     for split in ("objects2", "objects3", "objects4"):
-        assert ((out / "shapes_rec" / "predictions" / f"{split}.jsonl").read_bytes()
-                == (tmp_path / "reference" / "shapes_rec" / "predictions" / f"{split}.jsonl").read_bytes()), split
+        assert ((latest_run_folder(out, "shapes_rec") / "predictions" / f"{split}.jsonl").read_bytes()
+                == (latest_run_folder(tmp_path / "reference", "shapes_rec") / "predictions" / f"{split}.jsonl").read_bytes()), split

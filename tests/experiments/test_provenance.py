@@ -20,6 +20,7 @@ def test_git_state_is_taken_once_before_anything_is_written(tmp_path, tiny_clip,
 
     monkeypatch.setattr(record_module, "git_state", spy)
     record = ExperimentRecord("demo", {"run": {}}, tmp_path, ["A"], tiny_clip)
+    record.begin()
     record.add_split("val", {"val": {"A": 1.0}}, {})
     record.finish()
     assert calls == [[]], "git state must be read once, before the run's first write"
@@ -27,8 +28,9 @@ def test_git_state_is_taken_once_before_anything_is_written(tmp_path, tiny_clip,
 
 
 def test_runs_write_where_git_ignores_and_committed_results_live_apart():
-    written = ["results/shapes_rec.csv", "results/shapes_rec.json", "results/shapes_rec/predictions/objects2.jsonl",
-               "results/shapes_rec/columns/objects2.json", "results/rec_table.csv"]
+    run = "results/runs/shapes_rec/20261205T101010Z-0123abcd"
+    written = ["results/shapes_rec.csv", "results/shapes_rec.json", f"{run}/predictions/objects2.jsonl",
+               f"{run}/columns/objects2.json", f"{run}/shapes_rec.csv", "results/rec_table.csv"]
     ignored = subprocess.run(["git", "check-ignore", *written], cwd=REPO, capture_output=True, text=True).stdout.split()
     assert ignored == written
     tracked = subprocess.run(["git", "ls-files", "results"], cwd=REPO, capture_output=True, text=True).stdout.split()

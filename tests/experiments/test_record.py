@@ -12,25 +12,60 @@ from falip.experiments.reports import build_paper_table
 CONFIG = {"experiment_name": "demo", "run": {"seed": 0, "output_dir": "x", "progress": True}, "task": {"name": "rec"}}
 
 
-def test_record_writes_after_each_split_and_resumes(tmp_path, tiny_clip):
+def test_record_writes_after_each_split_into_its_run_folder_and_resumes(tmp_path, tiny_clip):
     record = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], tiny_clip)
+    folder = record.begin()
+    assert folder.parent == tmp_path / "runs" / "demo" and folder.name.endswith(record.hash[:8])
     record.add_split("val", {"val": {"A": 50.0, "B": 75.123}}, {"image_forwards": {"A": 3, "B": 4}})
-    table = read_table(tmp_path / "demo.csv")
+    table = read_table(folder / "demo.csv")
     assert list(table.columns) == ["val"] and table.loc["B", "val"] == pytest.approx(75.12)
-    sidecar = json.loads((tmp_path / "demo.json").read_text())
+    sidecar = json.loads((folder / "demo.json").read_text())
     assert sidecar["status"] == "running" and sidecar["counts"]["total_image_forwards"] == 7
     assert len(sidecar["model"]["weights_sha256"]) == 64 and sidecar["config"] == CONFIG
-    assert "git_sha" in sidecar["code"] and sidecar["environment"]["torch"]
+    assert "git_sha" in sidecar["code"] and sidecar["environment"]["torch"] and sidecar["run_dir"] == str(folder)
+    assert not (tmp_path / "demo.csv").exists()  # the stable table: only a completed run updates it
     record.fail(RuntimeError("boom"))
-    assert json.loads((tmp_path / "demo.json").read_text())["status"] == "failed"
+    assert json.loads((folder / "demo.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "demo.json").exists()
 
     resumed = ExperimentRecord("demo", CONFIG, tmp_path, ["A", "B"], tiny_clip, resume=True)
+    assert resumed.begin() == folder  # the latest folder of this config
     assert resumed.cached("val") and not resumed.cached("test")
     assert resumed.columns["val"]["B"] == 75.123
+    resumed.finish()
+    assert read_table(tmp_path / "demo.csv").equals(read_table(folder / "demo.csv"))
+    assert json.loads((tmp_path / "demo.json").read_text())["status"] == "complete"
     changed = {**CONFIG, "task": {"name": "rec", "iou_threshold": 0.7}}
-    assert not ExperimentRecord("demo", changed, tmp_path, ["A"], tiny_clip, resume=True).cached("val")
-    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, resume=False).cached("val")
-    assert not ExperimentRecord("demo", CONFIG, tmp_path, ["A"], None, resume=True).cached("val")  # other weights
+    other = ExperimentRecord("demo", changed, tmp_path, ["A"], tiny_clip, resume=True)
+    assert other.begin() != folder and not other.cached("val")  # another config: a folder of its own
+    other.release()
+    fresh = ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, resume=False)
+    assert fresh.begin() != folder and not fresh.cached("val")  # no resume: a new folder
+    fresh.release()
+    assert len(list((tmp_path / "runs" / "demo").iterdir())) == 3
+
+
+def test_a_named_run_folder_is_reused_only_for_its_own_config(tmp_path, tiny_clip):
+    from falip.errors import ConfigError
+
+    first = ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, run_name="baseline")
+    assert first.begin() == tmp_path / "runs" / "demo" / "baseline"
+    first.add_split("val", {"val": {"A": 50.0}}, {})
+    first.fail(KeyboardInterrupt())
+    again = ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, run_name="baseline")
+    with pytest.raises(ConfigError, match="unfinished run of this config .* run.resume=true"):
+        again.begin()
+    again.release()
+    changed = {**CONFIG, "task": {"name": "rec", "iou_threshold": 0.7}}
+    other = ExperimentRecord("demo", changed, tmp_path, ["A"], tiny_clip, resume=True, run_name="baseline")
+    with pytest.raises(ConfigError, match="holds a run of another config"):
+        other.begin()
+    other.release()
+    resumed = ExperimentRecord("demo", CONFIG, tmp_path, ["A"], tiny_clip, resume=True, run_name="baseline")
+    resumed.begin()
+    assert resumed.cached("val")
+    resumed.finish()
+    assert json.loads((tmp_path / "demo.json").read_text())["run_dir"] == str(tmp_path / "runs" / "demo" / "baseline")
 
 
 def test_config_hash_is_what_determines_the_numbers():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from falip.experiments.record import latest_run_folder
+from falip.experiments.tables import read_table
 from falip.cli import compose
 from falip.errors import ConfigError
 from falip.experiments.generated import build_generated_dataset, materialize
@@ -47,7 +49,8 @@ def drop_first_images(data: Path, count: int) -> None:
 def predictions(out: Path) -> list[dict]:
     """The predictions under the prompts that look at a region (Original CLIP gives every candidate the same
     embedding: its argmax breaks exact ties by float rounding, which depends on how rows were batched)."""
-    lines = [json.loads(line) for line in (out / "refcoco_rec" / "predictions" / "val.jsonl").read_text().splitlines()]
+    folder = Path(json.loads((out / "refcoco_rec.json").read_text())["run_dir"])  # the last completed run's
+    lines = [json.loads(line) for line in (folder / "predictions" / "val.jsonl").read_text().splitlines()]
     for line in lines:
         for key in ("pred", "correct"):
             line[key].pop("Original CLIP", None)
@@ -104,7 +107,7 @@ def test_a_torn_last_line_is_dropped_alone(tmp_path, monkeypatch):
     with pytest.raises(RunInterrupted):
         run_experiment(rec_config(data, tmp_path / "run"))
     restore()
-    partial = tmp_path / "run" / "refcoco_rec" / "predictions" / "val.jsonl.partial"
+    partial = latest_run_folder(tmp_path / "run", "refcoco_rec") / "predictions" / "val.jsonl.partial"
     text = partial.read_text()
     partial.write_text(text + text.splitlines()[-1][:25])  # the line a full disk or a kill cut short
     resumed = run_experiment(rec_config(data, tmp_path / "run", "run.resume=true"))
@@ -136,40 +139,50 @@ def test_one_run_per_experiment_folder_and_the_lock_names_its_holder(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_second_run_into_the_same_folder_stops_and_leaves_the_first_intact(tmp_path, monkeypatch):
+def test_a_second_run_into_the_same_named_folder_stops_and_writes_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     config = compose(["experiment=shapes_rec", "dataset.generator.scenes_per_split=8", "prompts=backbones",
-                      "run.progress=false", f"run.output_dir={out}"])
-    with folder_lock(out / ".shapes_rec.lock", "the other run"):
+                      "run.progress=false", f"run.output_dir={out}", "run.name=mine"])
+    folder = out / "runs" / "shapes_rec" / "mine"
+    folder.mkdir(parents=True)
+    with folder_lock(folder / ".lock", "the other run"):
         with pytest.raises(LockHeld, match="in use by process"):
             run_experiment({**config, "foveal": {**config["foveal"], "alpha": 2.0}})
-    assert not (out / "shapes_rec.json").exists()  # the second run wrote nothing
+    assert not (folder / "shapes_rec.json").exists() and not (out / "shapes_rec.json").exists()  # nothing written
 
 
 @pytest.mark.slow
-def test_a_rerun_of_another_config_keeps_the_finished_table(tmp_path, monkeypatch, capsys):
+def test_runs_never_overwrite_each_other_and_collect_folds_their_folders(tmp_path, monkeypatch, capsys):
+    """Two runs of one experiment with different overrides leave two folders with a complete table each; the
+    stable <experiment>.csv is the last *completed* run's (an interrupted run never touches it); collect folds
+    the run folders into one CSV and names the run it leaves out."""
+    from falip.experiments.reports import collect_runs
+
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
     out = tmp_path / "out"
     base = ["experiment=shapes_rec", "dataset.generator.scenes_per_split=8", "prompts=backbones", "run.batch_size=8",
             "run.progress=false", f"run.output_dir={out}"]
-    run_experiment(compose(base))
-    finished = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and not p.name.startswith(".")}
-    run_experiment(compose(base))  # the same config: rewritten in place, same bytes, nothing kept aside
-    assert not list(out.glob("shapes_rec.replaced-*"))
-    assert (out / "shapes_rec.csv").read_bytes() == finished["shapes_rec.csv"]
+    first = run_experiment(compose(base))
+    second = run_experiment(compose([*base, "foveal.alpha=2.0"]))
+    assert first.run_dir != second.run_dir and first.run_dir.parent == second.run_dir.parent == out / "runs" / "shapes_rec"
+    for record in (first, second):
+        assert json.loads(record.json_path.read_text())["status"] == "complete"
+        assert read_table(record.csv_path).shape == (3, 3)
+    assert (out / "shapes_rec.csv").read_bytes() == second.csv_path.read_bytes()  # the last completed run
+    assert (first.run_dir / "predictions" / "objects2.jsonl").is_file()  # the first run's work is intact
     restore = sigterm_after(monkeypatch, 3)
     with pytest.raises(RunInterrupted):
-        run_experiment(compose([*base, "foveal.alpha=2.0"]))
+        run_experiment(compose([*base, "foveal.alpha=4.0"]))
     restore()
-    kept = list(out.glob("shapes_rec.replaced-*"))
-    assert len(kept) == 1 and str(kept[0]) in capsys.readouterr().err
-    assert (kept[0] / "shapes_rec.csv").read_bytes() == finished["shapes_rec.csv"]
-    assert json.loads((kept[0] / "shapes_rec.json").read_text())["status"] == "complete"
-    assert (kept[0] / "shapes_rec" / "predictions" / "objects2.jsonl").is_file()
-    sidecar = json.loads((out / "shapes_rec.json").read_text())
-    assert sidecar["status"] == "interrupted" and sidecar["config"]["foveal"]["alpha"] == 2.0
-    assert not (out / "shapes_rec" / "columns").exists()  # nothing of the first config left beside the second
+    assert (out / "shapes_rec.csv").read_bytes() == second.csv_path.read_bytes()  # untouched by the interrupted run
+    assert len(list((out / "runs" / "shapes_rec").iterdir())) == 3
+    capsys.readouterr()
+    frame = collect_runs([str(out / "runs" / "shapes_rec")], out / "collected.csv")
+    assert sorted(frame["run"].unique()) == sorted([first.run_dir.name, second.run_dir.name])
+    assert len(frame) == 2 * 3 * 3  # two runs x three prompts x three splits; the interrupted one left out
+    assert "left out: status interrupted" in capsys.readouterr().err
+    assert (out / "collected.csv").is_file()
 
 
 def test_a_running_sidecar_whose_process_is_gone_reads_interrupted(tmp_path):
@@ -275,8 +288,8 @@ def test_a_full_disk_is_one_line_status_failed_no_temp_files_and_resume_finishes
         done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
         assert done.returncode == 2, done.stderr[-2000:]
         assert "Traceback" not in done.stderr and "no space left on the device" in done.stderr
-        assert json.loads((out / "refcoco_rec.json").read_text())["status"] == "failed"
-        assert not [p for p in out.rglob("*.tmp")]
+        assert json.loads((latest_run_folder(out, "refcoco_rec") / "refcoco_rec.json").read_text())["status"] == "failed"
+        assert not (out / "refcoco_rec.json").exists() and not [p for p in out.rglob("*.tmp")]
         filler.unlink()  # space is back: the resumed run finishes, equal to a fresh one
         resumed = subprocess.run(command + ["run.resume=true"], env=env, capture_output=True, text=True, timeout=600)
         assert resumed.returncode == 0, resumed.stderr[-2000:]
@@ -284,8 +297,8 @@ def test_a_full_disk_is_one_line_status_failed_no_temp_files_and_resume_finishes
         subprocess.run(command[:-1] + [f"run.output_dir={reference}"], env=env, check=True, capture_output=True,
                        timeout=600)
         assert (out / "refcoco_rec.csv").read_bytes() == (reference / "refcoco_rec.csv").read_bytes()
-        assert ((out / "refcoco_rec" / "predictions" / "val.jsonl").read_bytes()
-                == (reference / "refcoco_rec" / "predictions" / "val.jsonl").read_bytes())
+        assert ((latest_run_folder(out, "refcoco_rec") / "predictions" / "val.jsonl").read_bytes()
+                == (latest_run_folder(reference, "refcoco_rec") / "predictions" / "val.jsonl").read_bytes())
     finally:
         subprocess.run(["umount", str(out)])
 
@@ -312,11 +325,16 @@ def test_sigkill_then_resume_reads_interrupted_and_finishes_correctly(tmp_path):
     out = tmp_path / "run"
     run = subprocess.Popen(falip_cli(*base, f"run.output_dir={out}", env=env), env=env, stdout=subprocess.PIPE,
                            stderr=subprocess.PIPE)
-    partial = out / "refcoco_rec" / "predictions" / "val.jsonl.partial"
-    assert wait_for(lambda: partial.is_file() and len(partial.read_bytes().splitlines()) > 5)
+
+    def partial() -> Path:  # in the run's own folder, which the run creates
+        folder = latest_run_folder(out, "refcoco_rec")
+        return (folder or out) / "predictions" / "val.jsonl.partial"
+
+    assert wait_for(lambda: partial().is_file() and len(partial().read_bytes().splitlines()) > 5)
     run.kill()  # SIGKILL: no handler runs, the sidecar still says "running"
     run.wait()
-    sidecar = json.loads((out / "refcoco_rec.json").read_text())
+    assert not (out / "refcoco_rec.json").exists()  # the stable sidecar: only a completed run writes it
+    sidecar = json.loads((latest_run_folder(out, "refcoco_rec") / "refcoco_rec.json").read_text())
     assert sidecar["status"] == "running" and sidecar["process"]["pid"] == run.pid
     assert effective_status(sidecar) == "interrupted"
     done = subprocess.run(falip_cli(*base, f"run.output_dir={out}", "run.resume=true", env=env), env=env,
@@ -330,7 +348,7 @@ def test_sigkill_then_resume_reads_interrupted_and_finishes_correctly(tmp_path):
 
 
 @pytest.mark.slow
-def test_a_concurrent_second_run_is_refused_and_the_first_finishes_intact(tmp_path, monkeypatch):
+def test_concurrent_runs_each_get_a_folder_and_a_second_run_into_a_named_one_is_refused(tmp_path, monkeypatch):
     import threading
 
     data = refer_fixture(tmp_path / "data")
@@ -344,21 +362,24 @@ def test_a_concurrent_second_run_is_refused_and_the_first_finishes_intact(tmp_pa
         return real(self, split, index, embeddings, context)
 
     monkeypatch.setattr(RecTask, "score", held_score)
-    first = threading.Thread(target=run_experiment, args=(rec_config(data, out),))
+    first = threading.Thread(target=run_experiment, args=(rec_config(data, out, "run.name=shared"),))
     first.start()
+    cli = ["experiment=refcoco_rec", "model=sandbox", f"dataset.root={data}", "dataset.splits=[val]",
+           "prompts=backbones", "foveal.alpha=2.0", f"run.output_dir={out}"]
     try:
         assert started.wait(timeout=120)
-        second = subprocess.run(falip_cli("experiment=refcoco_rec", "model=sandbox", f"dataset.root={data}",
-                                          "dataset.splits=[val]", "prompts=backbones", "foveal.alpha=2.0",
-                                          f"run.output_dir={out}", env=env),
-                                env=env, capture_output=True, text=True, timeout=600)
+        refused = subprocess.run(falip_cli(*cli, "run.name=shared", env=env), env=env, capture_output=True, text=True,
+                                 timeout=600)
+        alongside = subprocess.run(falip_cli(*cli, env=env), env=env, capture_output=True, text=True, timeout=600)
     finally:
         release.set()
         first.join(timeout=600)
-    assert second.returncode == 2 and f"in use by process {os.getpid()}" in second.stderr, second.stderr[-2000:]
-    assert "Traceback" not in second.stderr
-    sidecar = json.loads((out / "refcoco_rec.json").read_text())
-    assert sidecar["status"] == "complete" and sidecar["config"]["foveal"]["alpha"] == 8.0
+    assert refused.returncode == 2 and f"in use by process {os.getpid()}" in refused.stderr, refused.stderr[-2000:]
+    assert "Traceback" not in refused.stderr
+    assert alongside.returncode == 0, alongside.stderr[-2000:]  # another folder: it ran while the first held its own
+    shared = json.loads((out / "runs" / "refcoco_rec" / "shared" / "refcoco_rec.json").read_text())
+    assert shared["status"] == "complete" and shared["config"]["foveal"]["alpha"] == 8.0
+    assert json.loads((out / "refcoco_rec.json").read_text())["config"]["foveal"]["alpha"] == 8.0  # completed last
     monkeypatch.setattr(RecTask, "score", real)
     run_experiment(rec_config(data, tmp_path / "fresh"))
     assert predictions(out) == predictions(tmp_path / "fresh") and table(out) == table(tmp_path / "fresh")
@@ -370,12 +391,14 @@ def test_planted_links_in_the_output_folder_are_never_written_through(tmp_path):
     outside = tmp_path / "outside.txt"
     outside.write_text("precious")
     out = tmp_path / "run"
-    (out / "refcoco_rec" / "predictions").mkdir(parents=True)
+    folder = out / "runs" / "refcoco_rec" / "planted"
+    (folder / "predictions").mkdir(parents=True)
     for name in ("refcoco_rec.json.tmp", "refcoco_rec.csv.tmp"):
         (out / name).symlink_to(outside)
-    (out / "refcoco_rec" / "predictions" / "val.jsonl.partial").symlink_to(outside)
-    (out / "refcoco_rec" / "predictions" / "val.jsonl.tmp").symlink_to(outside)
-    run_experiment(rec_config(data, out))
+        (folder / name).symlink_to(outside)
+    (folder / "predictions" / "val.jsonl.partial").symlink_to(outside)
+    (folder / "predictions" / "val.jsonl.tmp").symlink_to(outside)
+    run_experiment(rec_config(data, out, "run.name=planted"))
     run_experiment(rec_config(data, tmp_path / "fresh"))
     assert outside.read_text() == "precious"
     assert predictions(out) == predictions(tmp_path / "fresh")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from falip.experiments.record import latest_run_folder
 from falip.model.bias import roa_cells
 from falip.model.random_clip import random_clip, save_random_checkpoint
 from falip.prompts import FALIP, ORIGINAL_CLIP, FovealBias
@@ -38,7 +39,7 @@ def run(tmp_path, out, *extra, processes=1, check=True, wait=True):
 
 
 def outputs(out):
-    files = [out / "shapes_rec.csv"] + sorted((out / "shapes_rec" / "predictions").glob("*.jsonl"))
+    files = [out / "shapes_rec.csv"] + sorted((latest_run_folder(out, "shapes_rec") / "predictions").glob("*.jsonl"))
     return {path.name: path.read_bytes() for path in files}
 
 
@@ -57,17 +58,18 @@ def test_two_processes_write_the_same_bytes_as_one(tmp_path):
 def test_a_two_process_run_stopped_after_its_first_split_resumes_with_one(tmp_path):
     run(tmp_path, tmp_path / "reference")
     out = tmp_path / "run"
-    process = run(tmp_path, out, "run.batch_size=4", processes=2, wait=False)
-    checkpoint = out / "shapes_rec" / "columns" / "objects2.json"
+    process = run(tmp_path, out, "run.batch_size=4", "run.name=stopped", processes=2, wait=False)
+    folder = out / "runs" / "shapes_rec" / "stopped"
+    checkpoint = folder / "columns" / "objects2.json"
     deadline = time.time() + 300
     while not checkpoint.exists() and process.poll() is None and time.time() < deadline:
         time.sleep(0.02)
     assert checkpoint.exists(), process.communicate()[1][-2000:]
     os.killpg(process.pid, signal.SIGTERM)  # the launcher and both ranks, as a scheduler's time limit would
     process.communicate(timeout=120)
-    sidecar = json.loads((out / "shapes_rec.json").read_text())
+    sidecar = json.loads((folder / "shapes_rec.json").read_text())
     assert sidecar["status"] in ("interrupted", "complete") and "objects2" in sidecar["columns"]
-    run(tmp_path, out, "run.resume=true")
+    run(tmp_path, out, "run.resume=true", "run.name=stopped")
     sidecar = json.loads((out / "shapes_rec.json").read_text())
     assert sidecar["status"] == "complete" and sidecar["world_size"] == 1
     assert sidecar["columns"]["objects2"]["resumed"] is True

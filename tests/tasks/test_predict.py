@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from falip.experiments.record import latest_run_folder
 import falip
 from falip import FoveatedCLIP, encode_regions
 from falip.cli import compose
@@ -63,7 +64,7 @@ def run(root, tmp_path, regions, *overrides):
     out = tmp_path / "out"
     run_experiment(compose(["experiment=predict", f"regions={root / regions}", f"image_root={root / 'photos'}",
                             "run.progress=false", f"run.output_dir={out}", *overrides]))
-    lines = [json.loads(line) for line in (out / "predict" / "predictions" / "all.jsonl").read_text().splitlines()]
+    lines = [json.loads(line) for line in (latest_run_folder(out, "predict") / "predictions" / "all.jsonl").read_text().splitlines()]
     return lines, out
 
 
