@@ -32,11 +32,20 @@ def image_in_root(root: str | Path, relative: Any, where: str) -> Path:
     return Path(root) / relative
 
 
-def load_coco(path: str | Path, categories: bool = True):
+def file_name_from_url(url: Any) -> str | None:
+    """LVIS names an image by its ``coco_url`` (``http://images.cocodataset.org/val2017/000000397133.jpg``):
+    its last two parts, ``val2017/000000397133.jpg``, are its path under the COCO 2017 image root."""
+    if not isinstance(url, str) or url.count("/") < 2:
+        return None
+    return "/".join(url.rstrip("/").split("/")[-2:])
+
+
+def load_coco(path: str | Path, categories: bool = True, file_names_from_url: bool = False):
     """A ``pycocotools.coco.COCO`` index of the instances file ``path``, after checking its shape: a JSON
     object with an ``images`` list whose entries have ``id`` and ``file_name``; every problem is one
     :class:`DatasetError` naming the file and the field. ``categories=False``: the file's categories are
-    not indexed (annotations need no ``category_id``)."""
+    not indexed (annotations need no ``category_id``). ``file_names_from_url``: an image without a
+    ``file_name`` takes one from its ``coco_url`` (LVIS, :func:`file_name_from_url`)."""
     from pycocotools.coco import COCO
 
     path = Path(path)
@@ -51,6 +60,10 @@ def load_coco(path: str | Path, categories: bool = True):
     if not isinstance(images, list):
         raise DatasetError(f"{path} is not a COCO instances file: 'images' is {type(images).__name__}, expected a list")
     for number, image in enumerate(images):
+        if file_names_from_url and isinstance(image, dict) and "file_name" not in image:
+            named = file_name_from_url(image.get("coco_url"))
+            if named:
+                image["file_name"] = named
         if not isinstance(image, dict) or "id" not in image or "file_name" not in image:
             keys = sorted(image) if isinstance(image, dict) else type(image).__name__
             raise DatasetError(f"{path}: images[{number}] lacks 'id' or 'file_name' (has {keys})")

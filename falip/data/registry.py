@@ -14,6 +14,7 @@ from ..errors import ConfigError, DatasetError
 from .classification import cub, imagenet_s, stanford_dogs, waterbirds
 from .classnames import check_distinct, class_names_from
 from .classification.boxes import check_box_classification_root, load_box_classification_split
+from .classification.coco_boxes import check_coco_boxes, load_coco_box_split
 from .classification.cub import check_cub, load_cub_split
 from .classification.hf import load_hf_classification_split
 from .classification.imagenet_s import check_imagenet_s, load_imagenet_s_split
@@ -188,6 +189,18 @@ FORMATS: dict[str, DatasetFormat] = {
         lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
         lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
         "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
+    "coco_boxes": classification_format(
+        lambda c, split: load_coco_box_split(_root(c), split, "coco", **_given(c, "name", "annotations", "image_dir",
+                                                                                "min_area")),
+        lambda c: check_coco_boxes(_root(c), c.get("splits") or [], "coco", **_given(c, "annotations", "image_dir")),
+        "COCO 2017 from https://cocodataset.org/#download: annotations/instances_val2017.json and val2017/",
+        "COCO 2017 boxes (annotations/instances_<split>.json + <split>/): every non-crowd box, classified"),
+    "lvis_boxes": classification_format(
+        lambda c, split: load_coco_box_split(_root(c), split, "lvis", **_given(c, "name", "annotations", "image_dir",
+                                                                                "min_area")),
+        lambda c: check_coco_boxes(_root(c), c.get("splits") or [], "lvis", **_given(c, "annotations", "image_dir")),
+        "LVIS v1 from https://www.lvisdataset.org/dataset (lvis_v1_val.json) with the COCO 2017 images",
+        "LVIS v1 boxes (lvis_v1_<split>.json, COCO 2017 images): every box, r/c/f groups"),
     "modelnet40": DatasetFormat(
         _distinct(lambda c, split: load_modelnet40_split(_root(c), split, classes=_classnames(c),
                                                          **_given(c, "num_points", "name"))),

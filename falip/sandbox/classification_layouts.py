@@ -11,6 +11,7 @@ names do not come from folders (ImageNet-S, Waterbirds).
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,82 @@ def write_waterbirds_layout(root: str | Path, cub_root: str | Path, seed: int = 
     (cub / "classes.txt").write_text("".join(f"{i + 1} {i + 1:03d}.{f}\n" for i, f in enumerate(FOLDERS)))
     (Path(root) / "classnames.txt").write_text("\n".join(CLASS_NAMES[c] for c in WATERBIRD_CLASSES) + "\n")
     return base
+
+
+def _coco_scenes(root: Path, seed: int, images: int, objects: int, width: int, height: int, folder_of):
+    """Scenes saved as COCO-named JPEGs (``folder_of(image_id)`` picks the 2017 folder); returns the image records
+    (id, file path relative to ``root``, width, height) and the annotations of every object (xywh, label)."""
+    rng = np.random.default_rng([seed, 17])
+    records, annotations = [], []
+    for image_id in range(1, images + 1):
+        classes = [int(c) for c in rng.choice(len(CLASSES), size=objects, replace=False)]
+        scene = _scene(rng, classes, width, height)
+        relative = f"{folder_of(image_id)}/{image_id:012d}.jpg"
+        _save_jpeg(scene.image, root / relative)
+        records.append({"id": image_id, "relative": relative, "width": width, "height": height})
+        for obj in scene.objects:
+            x0, y0, x1, y1 = obj.box
+            annotations.append({"image_id": image_id, "label": obj.label,
+                                "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)]})
+    return records, annotations
+
+
+def _category_id(label: int) -> int:
+    return 1 + label + label // 5  # ids with gaps, as COCO's (1..90 for 80 categories)
+
+
+def write_coco_layout(root: str | Path, seed: int = 0, images: int = 30, objects: int = 3, width: int = 96,
+                      height: int = 80, crowd_every: int = 10, tiny_every: int = 7) -> Path:
+    """COCO 2017's layout: ``<root>/annotations/instances_val2017.json`` + ``<root>/val2017/<id:012d>.jpg``.
+    Every object of every scene is a box; every ``crowd_every``-th image also has a crowd box (``iscrowd``),
+    every ``tiny_every``-th a 3 x 3 px box; the 20 sandbox categories (ids with gaps) plus two with no box."""
+    root = Path(root)
+    records, boxes = _coco_scenes(root, seed, images, objects, width, height, lambda _: "val2017")
+    annotations = []
+    for record in records:
+        if record["id"] % crowd_every == 0:
+            boxes.append({"image_id": record["id"], "label": 0, "bbox": [0.0, 0.0, 40.0, 30.0], "iscrowd": 1})
+        if record["id"] % tiny_every == 0:
+            boxes.append({"image_id": record["id"], "label": 1, "bbox": [5.0, 5.0, 3.0, 3.0]})
+    for number, obj in enumerate(boxes, 1):
+        x, y, w, h = obj["bbox"]
+        annotations.append({"id": 1000 + number, "image_id": obj["image_id"], "category_id": _category_id(obj["label"]),
+                            "bbox": obj["bbox"], "area": w * h, "iscrowd": obj.get("iscrowd", 0),
+                            "segmentation": [[x, y, x + w, y, x + w, y + h, x, y + h]]})
+    categories = [{"id": _category_id(label), "name": name, "supercategory": "shape"}
+                  for label, name in enumerate(CLASS_NAMES)]
+    categories += [{"id": 200, "name": "orange star", "supercategory": "shape"},
+                   {"id": 201, "name": "black ring", "supercategory": "shape"}]
+    instances = {"info": {"description": "sandbox scenes in COCO 2017's layout"}, "licenses": [],
+                 "images": [{"id": r["id"], "file_name": Path(r["relative"]).name, "width": r["width"],
+                             "height": r["height"], "coco_url": f"http://images.cocodataset.org/{r['relative']}"}
+                            for r in records],
+                 "annotations": annotations, "categories": categories}
+    (root / "annotations").mkdir(parents=True, exist_ok=True)
+    (root / "annotations" / "instances_val2017.json").write_text(json.dumps(instances))
+    return root
+
+
+def write_lvis_layout(root: str | Path, seed: int = 1, images: int = 30, objects: int = 3, width: int = 96,
+                      height: int = 80, train_every: int = 3) -> Path:
+    """LVIS v1's layout: ``<root>/lvis_v1_val.json`` naming images by ``coco_url`` only (every
+    ``train_every``-th under ``train2017/``, the rest under ``val2017/``), categories with ``synonyms``
+    (underscored) and a ``frequency`` (r / c / f in turn), plus one category with no box; no crowd boxes."""
+    root = Path(root)
+    records, boxes = _coco_scenes(root, seed, images, objects, width, height,
+                                  lambda image_id: "train2017" if image_id % train_every == 0 else "val2017")
+    annotations = [{"id": number, "image_id": obj["image_id"], "category_id": _category_id(obj["label"]),
+                    "bbox": obj["bbox"], "area": obj["bbox"][2] * obj["bbox"][3]}
+                   for number, obj in enumerate(boxes, 1)]
+    categories = [{"id": _category_id(label), "name": name.replace(" ", "_"), "synonyms": [name.replace(" ", "_")],
+                   "frequency": "rcf"[label % 3], "def": f"a {name} drawn on noise", "synset": f"{FOLDERS[label]}.n.01",
+                   "image_count": 0, "instance_count": 0} for label, name in enumerate(CLASS_NAMES)]
+    categories.append({"id": 300, "name": "orange_star", "synonyms": ["orange_star"], "frequency": "r", "def": "",
+                       "synset": "orange_star.n.01", "image_count": 0, "instance_count": 0})
+    lvis = {"info": {"description": "sandbox scenes in LVIS v1's layout"}, "licenses": [],
+            "images": [{"id": r["id"], "coco_url": f"http://images.cocodataset.org/{r['relative']}",
+                        "width": r["width"], "height": r["height"], "neg_category_ids": [],
+                        "not_exhaustive_category_ids": []} for r in records],
+            "annotations": annotations, "categories": categories}
+    (root / "lvis_v1_val.json").write_text(json.dumps(lvis))
+    return root
