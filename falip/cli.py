@@ -13,7 +13,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from .errors import FalipError
 from .experiments.runner import run_experiment
-from .experiments.tables import paper_table
+from .experiments.tables import paper_table, reference_caption
 from .io import NO_SPACE, cache_root, configs_dir, output_error
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
@@ -77,7 +77,8 @@ def _hydra_main(cfg: DictConfig) -> None:
         print(f"\n{config['experiment_name']}: % -- rows: prompts, columns: splits (and metrics)")
         print(table.round(2).to_string(na_rep="-"))
         if config.get("paper_reference"):
-            print(f"\npaper (reference only; ViT-B/16 on RefCOCO, not comparable with other models or data):")
+            print(f"\nreference only, not measured here -- {reference_caption(config['paper_reference'])} "
+                  f"(falip/paper/{Path(config['paper_reference']).name}; not comparable with other models or data):")
             print(paper_table(config["paper_reference"]).to_string(na_rep="-"))
         written = [record.csv_path, record.json_path, record.extra.get("figure"), record.stable_csv_path,
                    record.stable_json_path]

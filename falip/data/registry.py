@@ -77,9 +77,11 @@ def _root(config: Mapping[str, Any]) -> str:
     return config["root"]
 
 
-def with_classnames(split: ClassificationSplit, value: Any) -> ClassificationSplit:
+def with_classnames(split: ClassificationSplit, value: Any, allow_duplicates: bool = False) -> ClassificationSplit:
     """``dataset.classnames=<txt or list>``: names in label order replace the loader's; the names a run uses
-    are always distinct (:func:`falip.data.classnames.check_distinct`)."""
+    are distinct (:func:`falip.data.classnames.check_distinct`) unless ``allow_duplicates`` (a reference protocol
+    that names two classes alike: their texts are one embedding and the first takes every tie, said in the
+    split's notes)."""
     names = class_names_from(value)
     if names is not None:
         if split.classes and len(names) != len(split.classes):
@@ -89,7 +91,14 @@ def with_classnames(split: ClassificationSplit, value: Any) -> ClassificationSpl
         split = replace(split, classes=names, notes=split.notes + [f"class names from {shown}"])
     if not split.classes:
         raise DatasetError(f"{split.dataset} has no class names: set dataset.classnames=<txt, one per line>")
-    check_distinct(split.classes, f"{split.dataset}'s class names ({split.source})")
+    if allow_duplicates:
+        twice = sorted({name for name in split.classes if split.classes.count(name) > 1})
+        if twice:
+            split = replace(split, notes=split.notes + [
+                f"dataset.allow_duplicate_names: {twice} name several classes; their texts are one embedding, so "
+                f"the first such class (lowest label) takes every prediction among them, as argmax picks the first"])
+    else:
+        check_distinct(split.classes, f"{split.dataset}'s class names ({split.source})")
     labels = {sample.label for sample in split.samples}
     if max(labels) >= len(split.classes) or min(labels) < 0:
         raise DatasetError(f"{split.dataset} {split.split}: labels reach {max(labels)} but there are "
@@ -114,7 +123,7 @@ def classification_format(load_official: Callable[[Mapping[str, Any], str], Clas
                                                   config.get("name", config["format"]), how_to_get)
         else:
             loaded = load_official(config, split)
-        return with_classnames(loaded, override(config))
+        return with_classnames(loaded, override(config), bool(config.get("allow_duplicate_names")))
 
     def check(config: Mapping[str, Any]) -> None:
         class_names_from(override(config))

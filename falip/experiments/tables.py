@@ -45,6 +45,14 @@ def paper_reference_path(name: str | Path) -> Path:
     return path if path.is_file() else PAPER_DIR / path.name
 
 
+def reference_caption(name: str | Path) -> str:
+    """The first comment line of a reference table (what it is and where it was read)."""
+    for line in paper_reference_path(name).read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+    return str(name)
+
+
 def paper_table(name: str | Path) -> pd.DataFrame:
     """A paper reference table (``falip/paper/<name>.csv``; ``#`` lines are comments citing the source)."""
     path = paper_reference_path(name)

@@ -11,7 +11,9 @@ or ``dataset.categories=<txt>`` for another list). Label = that index - 1. Class
 ImageNet names by default (``dataset.classnames=clip``, ``resources/imagenet_clip_classnames.tsv``: what
 CLIP_benchmark and most zero-shot work use; distinct over S919/S300/S50), or the first WordNet lemma
 (``dataset.classnames=wordnet``, ``resources/imagenet_lemmas.tsv``; S919 has ``crane`` twice, the bird
-n02012849 and the machine n03126707, so that list is refused there), or a txt / list of your own.
+n02012849 and the machine n03126707, so that list is refused there unless ``dataset.allow_duplicate_names``),
+or that lemma with underscores for spaces (``dataset.classnames=alphaclip``: Alpha-CLIP's evaluation code names
+classes ``nltk`` ``synset.lemmas()[0].name()``, e.g. ``great_white_shark``), or a txt / list of your own.
 ROA = the box around the pixels of the image's class (``roa=box``, default), or those pixels
 themselves (``roa=mask``: the tokens they cover; inferred, both documented). An image whose mask has
 no pixel of its class is marked unusable (an error, or a recorded skip).
@@ -33,7 +35,7 @@ RESOURCES = Path(__file__).resolve().parent / "resources"
 VARIANTS = ("919", "300", "50")
 SPLITS = ("validation",)
 ROA_KINDS = ("box", "mask")
-NAME_LISTS = ("clip", "wordnet")  # dataset.classnames values that pick a shipped list
+NAME_LISTS = ("clip", "wordnet", "alphaclip")  # dataset.classnames values that pick a shipped list
 IGNORE = 1000
 HOW_TO_GET = ("Build ImageNet-S from your ImageNet-1k copy with the LUSSeg/ImageNet-S data preparation scripts "
               "(https://github.com/LUSSeg/ImageNet-S: datapreparation_val.sh + the ImageNetS<variant> annotation zip) "
@@ -65,9 +67,9 @@ def clip_names() -> dict[str, str]:
 
 
 def name_list(value: object) -> str:
-    """Which shipped list ``dataset.classnames`` picks: ``wordnet`` when it says so, else ``clip`` (the default;
-    a txt or a list given there replaces the names afterwards)."""
-    return "wordnet" if value == "wordnet" else "clip"
+    """Which shipped list ``dataset.classnames`` picks: ``wordnet`` or ``alphaclip`` when it says so, else ``clip``
+    (the default; a txt or a list given there replaces the names afterwards)."""
+    return value if value in ("wordnet", "alphaclip") else "clip"
 
 
 def class_names(wnid_list: list[str], names: str = "clip") -> list[str]:
@@ -75,7 +77,8 @@ def class_names(wnid_list: list[str], names: str = "clip") -> list[str]:
     if names not in NAME_LISTS:
         raise DatasetError(f"dataset.classnames={names!r}: expected one of {list(NAME_LISTS)}, a txt or a list")
     table = clip_names() if names == "clip" else first_lemmas()
-    return [table.get(wnid, wnid) for wnid in wnid_list]
+    named = [table.get(wnid, wnid) for wnid in wnid_list]
+    return [name.replace(" ", "_") for name in named] if names == "alphaclip" else named
 
 
 def decode_mask(path: Path) -> np.ndarray:

@@ -1,6 +1,6 @@
-"""COCO and LVIS box classification: the loaders against samples computed by hand from in-format fixtures
+"""Beyond the paper: COCO and LVIS box classification (the loaders against samples computed by hand from in-format fixtures
 (sandbox scenes as COCO 2017 / LVIS v1 files with real JPEGs, crowd and tiny boxes, categories with no box),
-and both experiments end to end with the sandbox model."""
+and both experiments end to end with the sandbox model), and ImageNet-S with Alpha-CLIP's protocol."""
 import json
 import os
 import subprocess
@@ -104,3 +104,38 @@ def test_box_classification_runs_end_to_end_and_falip_beats_original_clip(tmp_pa
     assert table.loc["FALIP", columns[0]] > table.loc["Original CLIP", columns[0]] + 10, table
     notes = json.loads((tmp_path / f"{experiment}.json").read_text())["columns"]
     assert "excluded" in json.dumps(notes)
+
+
+def test_alphaclip_names_are_the_first_lemma_with_underscores_and_keep_the_two_cranes():
+    from falip.data.classification.imagenet_s import class_names
+    from falip.data.classification.types import ClassificationSample, ClassificationSplit
+    from falip.data.registry import with_classnames
+
+    names = class_names(["n01484850", "n02012849", "n03126707"], "alphaclip")
+    assert names == ["great_white_shark", "crane", "crane"]  # as nltk's synset.lemmas()[0].name() writes them
+    split = ClassificationSplit("imagenet_s", "validation", names,
+                                [ClassificationSample("a", "x.JPEG", (0.0, 0.0, 1.0, 1.0), 2)], source="test")
+    with pytest.raises(DatasetError, match="crane"):
+        with_classnames(split, None)  # distinct everywhere, unless a reference protocol says otherwise
+    kept = with_classnames(split, None, allow_duplicates=True)
+    assert kept.classes == names and "['crane'] name several classes" in kept.notes[-1]
+
+
+@pytest.mark.slow
+def test_the_alphaclip_protocol_runs_and_prints_its_reference_rows_labelled(tmp_path):
+    from falip.sandbox.classification_layouts import write_imagenet_s_layout
+
+    root = write_imagenet_s_layout(tmp_path / "ins", images=30, variant="919")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FALIP_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-m", "falip.cli", "experiment=imagenet_s_alphaclip_cls", "model=sandbox",
+                           f"dataset.root={root}", f"dataset.categories={root / 'categories.txt'}",
+                           f"dataset.classnames={root / 'classnames.txt'}", "run.progress=false",
+                           f"run.output_dir={tmp_path / 'out'}"], env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "reference only, not measured here -- Alpha-CLIP model zoo (SunzeY/AlphaCLIP model-zoo.md" in done.stdout
+    assert "Alpha-CLIP ViT-B/16 (trained on GRIT-20M)                               68.89" in done.stdout
+    table = pd.read_csv(tmp_path / "out" / "imagenet_s_alphaclip_cls.csv", index_col=0)
+    assert list(table.index) == ["Original CLIP", "FALIP", "RedCircle"] and list(table.columns) == ["validation"]
+    assert table.loc["FALIP", "validation"] > table.loc["Original CLIP", "validation"]
+    config = json.loads((tmp_path / "out" / "imagenet_s_alphaclip_cls.json").read_text())["config"]
+    assert config["task"]["templates"] == ["a photo of a {}."] and config["dataset"]["roa"] == "mask"
