@@ -182,6 +182,8 @@ def _needs(config: dict) -> str:
         needs.append("regions=<file> and classes= or texts=")
     elif not dataset.get("generator") and not dataset.get("root") and "image" not in config:
         needs.append("dataset.root=<dir> (docs/datasets.md)")
+    if dataset.get("require_detections") and not dataset.get("detections"):
+        needs.append("dataset.detections=<ReCLIP's *_dets_dict.json>")
     if model.get("name") != "falip-sandbox" and not model.get("path"):
         needs.append(f"the checkpoint {model.get('name')} (HF cache or model.path=)")
     return "; ".join(needs) or "nothing (offline: the sandbox model and generated data or an example image)"

@@ -51,6 +51,9 @@ def _load_rec(config: Mapping[str, Any], split: str):
 
 def _check_rec(config: Mapping[str, Any]) -> None:
     """Every configured split's name, layout and folders, and the detections file; nothing is parsed."""
+    if config.get("require_detections") and not config.get("detections"):
+        raise ConfigError(f"this experiment scores detector proposals: set dataset.detections=<ReCLIP's "
+                          f"{config['name']}_dets_dict.json> (from ReCLIP's released data, docs/datasets.md)")
     splits = list(config.get("splits") or [])
     for split in splits:  # every name first: a typo is reported before any missing folder
         check_split(config["name"], split, config.get("split_by"))

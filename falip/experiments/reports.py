@@ -98,7 +98,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         sources[column] = {"csv": str(path), "column": source_column, "status": effective_status(meta) if meta else None,
                            "partial": reasons, "config_hash": meta.get("config_hash"), "model": model_label(meta),
                            "weights_sha256": (meta.get("model") or {}).get("weights_sha256")}
-        if task.get("paper_csv") and not is_paper_backbone(meta):
+        if task.get("paper_csv") and task.get("reference_tag", "paper") == "paper" and not is_paper_backbone(meta):
             warnings.append(f"{column} ({experiment}) was measured with {model_label(meta)}, not the paper's "
                             f"{PAPER_BACKBONE['name']}: the [paper] rows are no reference for it")
     rows = list(dict.fromkeys(row for series in columns.values() for row in series.index))
@@ -111,8 +111,9 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     models = " + ".join(dict.fromkeys(source["model"] for source in sources.values()))
     if task.get("paper_csv"):
         paper = paper_table(task["paper_csv"])
-        table = combine_with_paper(measured, paper, measured_model=models,
-                                   paper_model=f"{PAPER_BACKBONE['name']} (paper)")
+        tag = task.get("reference_tag", "paper")
+        table = combine_with_paper(measured, paper, measured_model=models, tag=tag,
+                                   paper_model=task.get("reference_model") or f"{PAPER_BACKBONE['name']} (paper)")
         if task.get("deltas"):
             table = with_deltas(table, measured, paper)
     else:

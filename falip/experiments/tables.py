@@ -63,15 +63,17 @@ def paper_table(name: str | Path) -> pd.DataFrame:
 
 
 def combine_with_paper(measured: pd.DataFrame, paper: pd.DataFrame, measured_model: str = "",
-                       paper_model: str = "") -> pd.DataFrame:
-    """Measured rows, then the paper's rows, with ``source`` (measured / paper) and ``model`` columns."""
+                       paper_model: str = "", tag: str = "paper") -> pd.DataFrame:
+    """Measured rows, then the reference rows (``<name> [<tag>]``), with ``source`` (measured / reference) and
+    ``model`` columns. ``tag`` ``paper``: the FALIP paper's rows; another tag (e.g. ``reference``) for rows read
+    from other methods' sources, each row naming its own backbone."""
     ours = measured.copy()
     ours.insert(0, "source", MEASURED)
     ours.insert(1, "model", measured_model)
     theirs = paper.reindex(columns=measured.columns).copy()
-    theirs.insert(0, "source", PAPER)
+    theirs.insert(0, "source", PAPER if tag == "paper" else f"{tag} (not measured here)")
     theirs.insert(1, "model", paper_model)
-    theirs.index = [f"{name} [paper]" for name in theirs.index]
+    theirs.index = [f"{name} [{tag}]" for name in theirs.index]
     combined = pd.concat([ours, theirs])
     combined.index.name = "prompt"
     return combined
