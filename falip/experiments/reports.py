@@ -19,7 +19,8 @@ from ..io import atomic_write_text, write_json
 from .plots import collect_plot
 from .provenance import environment, git_state, utc_now
 from .record import effective_status, read_sidecar
-from .tables import DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, write_csv
+from .tables import (DELTA, combine_with_paper, paper_reference_path, paper_table, read_table, reference_caption,
+                     write_csv)
 
 
 # The backbone the paper's numbers were measured with (its tables' reference rows).
@@ -127,6 +128,9 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         "average": f"{task.get('average')} = mean of {list(columns)} (rows with all of them)" if task.get("average") else None,
         "code": {**git_state(), "falip": environment()["falip"]}})
     print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.1f}"))
+    if task.get("paper_csv"):
+        print(f"\n[{task.get('reference_tag', 'paper')}] rows: {reference_caption(task['paper_csv'])} "
+              f"({paper_reference_path(task['paper_csv'])}: sources in its header)")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"\nwrote {path}")

@@ -52,7 +52,9 @@ def test_detector_proposal_runs_and_their_table_with_reference_rows(tmp_path, mo
     assert reference.loc["FGVP (ViT-L/14@336 + RN50x16 ensemble; RS) [reference]", "RefCOCOg Val"] == 63.3
     assert pd.isna(reference.loc["FGVP (ViT-L/14@336 + RN50x16 ensemble; RS) [reference]", "RefCOCOg Test"])
     assert not any("[paper]" in row for row in table.index)  # other methods' numbers are never the FALIP paper's
-    assert "not the paper's" not in capsys.readouterr().err
+    console = capsys.readouterr()
+    assert "not the paper's" not in console.err
+    assert "[reference] rows: Published zero-shot REC accuracy % with detector proposals" in console.out
 
 
 def test_a_dets_experiment_says_it_needs_its_detections():
