@@ -13,6 +13,7 @@ the scoring loop and its dispatch.
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -28,7 +29,7 @@ from ..data.registry import check_dataset, load_dataset_split
 from ..encoding.regions import PreparedItems, prepare_regions, steering_for
 from ..errors import ConfigError, DatasetError
 from ..geometry import Region
-from ..io import atomic_write, atomic_write_text, write_json
+from ..io import atomic_write, atomic_write_bytes, atomic_write_text, write_json
 from ..model.attention_maps import cls_attention_map
 from ..model.clip import FoveatedCLIP
 from ..model.heads import head_contributions
@@ -38,6 +39,7 @@ from ..tasks.base import Task
 from .generated import materialize
 from .plots import _pyplot, depth_views_figure, heatmap, heatmaps_side_by_side, save_figure
 from .provenance import environment, git_state, utc_now
+from .record import config_hash, create_run_folder
 from .settings import RunSettings
 
 
@@ -188,9 +190,20 @@ def _head_sensitivity(config: Mapping[str, Any], run: RunSettings, model: Foveat
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
     splits = {name: load_dataset_split(dataset, name) for name in dataset["splits"]}
+    name, out = config["experiment_name"], _run_folder(config, run)
     with torch.inference_mode():
-        head_sensitivity(model, source, splits, prompts, Path(run.output_dir), config["experiment_name"],
-                         settings.get("max_items"), run.progress)
+        head_sensitivity(model, source, splits, prompts, out, name, settings.get("max_items"), run.progress)
+    stable = Path(run.output_dir)
+    for suffix in (".csv", ".png", ".json"):  # the latest completed run's table, figure and sidecar, as for tables
+        atomic_write_bytes(stable / f"{name}{suffix}", (out / f"{name}{suffix}").read_bytes())
+    print(f"and the latest run's {name}.csv, .png and .json in {stable}")
+
+
+def _run_folder(config: Mapping[str, Any], run: RunSettings) -> Path:
+    """This analysis run's own folder (``<output_dir>/runs/<experiment>/<run.name or time-hash>/``), printed."""
+    folder = create_run_folder(run.output_dir, config["experiment_name"], config_hash(config), run.name)
+    print(f"[falip] run folder: {folder}", file=sys.stderr)
+    return folder
 
 
 def _check_attention_maps(config: Mapping[str, Any]) -> None:
@@ -210,7 +223,7 @@ def _check_attention_maps(config: Mapping[str, Any]) -> None:
 def _attention_maps(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
                     prompts: list[VisualPrompt]) -> None:
     """``image=<path> boxes=[[x0,y0,x1,y1], ...]``; without an image, a sandbox-style example is drawn."""
-    settings, out = config["analysis"], Path(run.output_dir) / config["experiment_name"]
+    settings, out = config["analysis"], _run_folder(config, run)
     if config.get("regions"):
         _attention_maps_of_regions_file(config, model, prompts, out)
         return
@@ -281,7 +294,7 @@ def example_image(seed: int):
 def _depth_views(config: Mapping[str, Any], run: RunSettings, model: FoveatedCLIP,
                  prompts: list[VisualPrompt]) -> None:
     """PointCLIP's 6 depth maps of shape ``analysis.sample`` of the dataset's first split, with each view's ROA."""
-    settings, out = config["analysis"], Path(run.output_dir) / config["experiment_name"]
+    settings, out = config["analysis"], _run_folder(config, run)
     dataset = materialize(config["dataset"])
     check_dataset(dataset)
     split = load_dataset_split(dataset, dataset["splits"][0])

@@ -88,6 +88,26 @@ def runs_folder(output_dir: str | Path, experiment: str) -> Path:
     return Path(output_dir) / RUNS / _safe_name(experiment)
 
 
+def create_run_folder(output_dir: str | Path, experiment: str, config_digest: str, run_name: str | None = None) -> Path:
+    """A run's own folder under :func:`runs_folder`: ``run_name`` (created if needed), else a fresh
+    ``<UTC time>-<config_digest[:8]>`` created exclusively (a suffix when two runs start in one second)."""
+    runs = runs_folder(output_dir, experiment)
+    if run_name:
+        folder = runs / _safe_name(run_name)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder
+    runs.mkdir(parents=True, exist_ok=True)
+    stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{config_digest[:8]}"
+    for suffix in range(1, 1000):
+        folder = runs / (stem if suffix == 1 else f"{stem}-{suffix}")
+        try:
+            folder.mkdir()
+            return folder
+        except FileExistsError:
+            continue
+    raise OSError(f"could not create a run folder under {runs}")
+
+
 def latest_run_folder(output_dir: str | Path, experiment: str) -> Path | None:
     """The newest run folder of ``experiment`` under ``output_dir`` (by modification time), or ``None``."""
     folders = [path for path in runs_folder(output_dir, experiment).glob("*")
@@ -141,13 +161,9 @@ class ExperimentRecord:
         (:class:`~falip.io.LockHeld` if a live run holds it) and writes the sidecar at once. Returns the folder."""
         if not self.writer:
             return None
-        runs = runs_folder(self.output_dir, self.name)
-        if self.run_name:
-            folder = runs / _safe_name(self.run_name)
-        else:
-            folder = self._latest_of_this_config(runs) if self.resume else None
-            folder = folder or self._new_folder(runs)
-        folder.mkdir(parents=True, exist_ok=True)
+        folder = None if self.run_name or not self.resume else self._latest_of_this_config(
+            runs_folder(self.output_dir, self.name))
+        folder = folder or create_run_folder(self.output_dir, self.name, self.hash, self.run_name)
         self._lock.enter_context(folder_lock(folder / ".lock", f"{folder} (experiment {self.name})"))
         self.run_dir = folder
         if self.run_name:
@@ -174,19 +190,6 @@ class ExperimentRecord:
             except DatasetError:
                 continue
         return None
-
-    def _new_folder(self, runs: Path) -> Path:
-        """A fresh ``<UTC time>-<hash8>`` folder, created exclusively (a suffix when two runs start in one second)."""
-        runs.mkdir(parents=True, exist_ok=True)
-        stem = f"{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{self.hash[:8]}"
-        for suffix in range(1, 1000):
-            folder = runs / (stem if suffix == 1 else f"{stem}-{suffix}")
-            try:
-                folder.mkdir()
-                return folder
-            except FileExistsError:
-                continue
-        raise OSError(f"could not create a run folder under {runs}")
 
     def _check_named_folder(self) -> None:
         """A ``run.name`` folder is reused only for the same config: resumed (``run.resume=true``) or, once

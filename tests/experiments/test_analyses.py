@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import torch
 
+from falip.experiments.record import latest_run_folder
 from falip.cli import compose
 from falip.experiments.analyses import attention_maps
 from falip.experiments.analyses import example_image
@@ -42,7 +43,8 @@ def test_head_sensitivity_writes_a_layer_by_head_table_and_heatmaps(tmp_path, mo
     table = pd.read_csv(tmp_path / "shapes_head_sensitivity.csv")
     assert set(table["prompt"]) == {"RedCircle", "FALIP"} and len(table) == 2 * 4 * 4
     assert (table["mean_change"] > 0).all()
-    assert (tmp_path / "shapes_head_sensitivity_FALIP.png").is_file()
+    assert (latest_run_folder(tmp_path, "shapes_head_sensitivity") / "shapes_head_sensitivity_FALIP.png").is_file()
+    assert (tmp_path / "shapes_head_sensitivity.png").is_file()  # the latest run's figure beside its table
 
 
 @pytest.mark.slow
@@ -131,7 +133,7 @@ def test_attention_maps_of_a_regions_file_write_a_figure_csv_and_arrays_per_box(
     (tmp_path / "r.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     run_experiment(compose(["experiment=attention_maps", f"regions={tmp_path / 'r.jsonl'}",
                             f"image_root={tmp_path / 'photos'}", "run.progress=false", f"run.output_dir={tmp_path / 'out'}"]))
-    out = tmp_path / "out" / "attention_maps"
+    out = latest_run_folder(tmp_path / "out", "attention_maps")
     assert sorted(p.name for p in out.glob("*.npz")) == ["a_box0.npz", "b_box0.npz", "b_box1.npz"]
     assert all((out / f"{stem}.png").stat().st_size > 10_000 for stem in ("a_box0", "b_box0", "b_box1"))
     summary = pd.read_csv(out / "attention_maps.csv")

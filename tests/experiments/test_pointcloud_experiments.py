@@ -5,6 +5,7 @@ import json
 import pandas as pd
 import pytest
 
+from falip.experiments.record import latest_run_folder
 from falip.cli import compose
 from falip.experiments.runner import run_experiment
 from falip.sandbox.datasets import write_shapes_3d, write_shapes_3d_scanobjectnn
@@ -62,7 +63,7 @@ def test_depth_views_figure_is_written(tmp_path, monkeypatch):
     monkeypatch.setenv("FALIP_CACHE", str(tmp_path / "cache"))
     run_experiment(compose(["experiment=depth_views", "analysis.sample=2", "dataset.generator.shapes_per_class=2",
                             f"run.output_dir={tmp_path}"]))
-    figure = tmp_path / "depth_views" / "shapes_3d_test_2.png"
+    figure = latest_run_folder(tmp_path, "depth_views") / "shapes_3d_test_2.png"
     assert figure.stat().st_size > 10_000
-    frame = pd.read_csv(tmp_path / "depth_views" / "shapes_3d_test_2.csv")
+    frame = pd.read_csv(latest_run_folder(tmp_path, "depth_views") / "shapes_3d_test_2.csv")
     assert list(frame["view"]) == list(range(6)) and (frame["foreground_pixels"] > 0).any()
