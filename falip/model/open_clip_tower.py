@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .manual_layers import HandWrittenLayers
-from .timm_tower import TimmProbeTower
+from .timm_tower import TimmEvaTower, TimmProbeTower
 from .tower import VisionTower
 
 PREFIX = "open_clip:"
@@ -94,7 +94,7 @@ def load_open_clip(architecture: str, weights: str | None = None, cache_dir: str
 def open_clip_tower(model: nn.Module) -> VisionTower:
     """The tower of an open_clip model: its own [CLS] ViT here, a probe-pooled timm ViT in the timm module."""
     if type(model.visual).__name__ == "TimmModel":
-        return TimmProbeTower(model)
+        return TimmEvaTower(model) if type(model.visual.trunk).__name__ == "Eva" else TimmProbeTower(model)
     return OpenCLIPTower(model)
 
 

@@ -138,10 +138,70 @@ def test_texts_use_the_models_hf_tokenizer_padded_to_the_context(model):
     assert model.unknown_token_counts(texts) == [(0, 7), (1, 4)]  # 'zebra' is not in the vocabulary
 
 
-def test_rotary_timm_towers_are_refused_naming_why():
-    eva = open_clip.create_model("EVA02-B-16", pretrained=None)
-    with pytest.raises(ValueError, match="Eva towers with rotary position embeddings"):
-        FoveatedCLIP(eva)
+@pytest.fixture(scope="module")
+def eva(tmp_path_factory):
+    """open_clip's EVA02-B-16 with a tiny random timm Eva trunk (rotary embedding, SwiGLU, inner layer norm)."""
+    import timm
+
+    model = open_clip.create_model("EVA02-B-16", pretrained=None)
+    torch.manual_seed(3)
+    model.visual.trunk = timm.create_model("eva02_base_patch16_clip_224", pretrained=False, num_classes=512,
+                                           global_pool="token", img_size=64, depth=3, embed_dim=32, num_heads=4,
+                                           ref_feat_shape=(4, 4))
+    with torch.no_grad():
+        for name, parameter in model.visual.named_parameters():  # timm's init is near zero: make it matter
+            if parameter.ndim == 1:
+                parameter.add_(0.1 * torch.randn_like(parameter))
+            else:
+                parameter.normal_(0.0, parameter.shape[-1] ** -0.5)
+    return FoveatedCLIP(model.eval(), open_clip.get_tokenizer("EVA02-B-16"), {}, source="random EVA02")
+
+
+@torch.no_grad()
+def eva_by_hand(model, batch, bias, layers):
+    """timm's own Eva blocks (rotary embedding from the trunk, the bias per image and head as ``attn_mask`` in
+    ``layers``), ``norm``, [CLS], ``fc_norm``, ``head``."""
+    trunk = model.clip.visual.trunk
+    hidden, rope = trunk._pos_embed(trunk.patch_embed(batch))
+    hidden = trunk.norm_pre(hidden)
+    for index, block in enumerate(trunk.blocks):
+        hidden = block(hidden, rope=rope, attn_mask=bias[:, None] if index in layers else None)
+    features = model.clip.visual.head(trunk.head(trunk.fc_norm(trunk.norm(hidden)[:, 0])))
+    return F.normalize(features, dim=-1)
+
+
+def test_eva02_unsteered_is_open_clips_own_and_the_bias_equals_timms_blocks(eva):
+    assert type(eva.tower).__name__ == "TimmEvaTower" and eva.tower.pooled_in_sequence and eva.num_tokens == 17
+    batch = pixels(len(BOXES), seed=4)
+    with torch.inference_mode():
+        library = eva.clip.encode_image(batch)
+    assert torch.equal(eva.encode_image(batch), library / library.norm(dim=-1, keepdim=True))
+    for formulation in ("cls", "all"):
+        bias = bias_of(eva, formulation)
+        steered = eva.encode_image(batch, bias, [-2, -1], plan=FULL_ROWS)
+        assert (steered - eva_by_hand(eva, batch, bias, {1, 2})).abs().max() < 1e-5, formulation
+        assert (steered - eva.encode_image(batch)).abs().max() > 1e-3
+        shared = eva.encode_image(batch[:1], bias, [-2, -1], image_index=[0, 0, 0], plan=EXACT)
+        assert (shared - eva.encode_image(batch[:1].expand(3, -1, -1, -1), bias, [-2, -1], plan=FULL_ROWS)).abs().max() < 1e-5
+
+
+@torch.no_grad()
+def test_eva02_interventions_and_maps_work_and_head_terms_refuse(eva):
+    batch = pixels(2, seed=5)
+    plain = eva.encode_image(batch)
+    same = Steering(intervention=ReplaceValues(layers=(-1,)), reference_pixels=batch, reference_index=[0, 1])
+    assert (eva.encode_image(batch, steering=same) - plain).abs().max() < 1e-5
+    attention = cls_attention_map(eva, batch[:1], layer=-1)
+    assert attention.shape == (1, 4, 4) and (attention >= 0).all() and attention.sum() < 1.0 + 1e-5
+    with pytest.raises(ValueError, match="inner layer norm"):
+        head_contributions(eva, batch)
+    assert not any(eva.tower._hooks.values())
+
+
+def test_pe_core_is_refused_naming_why():
+    pe = open_clip.create_model("PE-Core-B-16", pretrained=None)
+    with pytest.raises(ValueError, match="PE-Core: a probe over rotary tokens"):
+        FoveatedCLIP(pe)
 
 
 def test_falip_run_on_a_saved_siglip2_shaped_checkpoint_end_to_end(tmp_path):
