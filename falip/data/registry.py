@@ -180,6 +180,15 @@ def _check_regions(config: Mapping[str, Any]) -> None:
         raise DatasetError(f"regions file {path} does not exist (a COCO-format .json or a box .jsonl)")
 
 
+def _coco_boxes_format(flavor: str, how_to_get: str, description: str) -> DatasetFormat:
+    """COCO or LVIS box classification (:mod:`falip.data.classification.coco_boxes`)."""
+    return classification_format(
+        lambda c, split: load_coco_box_split(_root(c), split, flavor,
+                                             **_given(c, "name", "annotations", "image_dir", "min_area")),
+        lambda c: check_coco_boxes(_root(c), c.get("splits") or [], flavor, **_given(c, "annotations", "image_dir")),
+        how_to_get, description)
+
+
 FORMATS: dict[str, DatasetFormat] = {
     "regions": DatasetFormat(_load_regions, _check_regions,
                              "your own images and boxes, no labels: COCO-format .json or box .jsonl (falip/data/regions.py)"),
@@ -201,17 +210,11 @@ FORMATS: dict[str, DatasetFormat] = {
         lambda c, split: load_waterbirds_split(_root(c), split, c.get("cub_root")),
         lambda c: check_waterbirds(_root(c), c.get("splits") or [], c.get("cub_root")), waterbirds.HOW_TO_GET,
         "Waterbirds (metadata.csv) + CUB-200-2011 boxes"),
-    "coco_boxes": classification_format(
-        lambda c, split: load_coco_box_split(_root(c), split, "coco", **_given(c, "name", "annotations", "image_dir",
-                                                                                "min_area")),
-        lambda c: check_coco_boxes(_root(c), c.get("splits") or [], "coco", **_given(c, "annotations", "image_dir")),
-        "COCO 2017 from https://cocodataset.org/#download: annotations/instances_val2017.json and val2017/",
+    "coco_boxes": _coco_boxes_format(
+        "coco", "COCO 2017 from https://cocodataset.org/#download: annotations/instances_val2017.json and val2017/",
         "COCO 2017 boxes (annotations/instances_<split>.json + <split>/): every non-crowd box, classified"),
-    "lvis_boxes": classification_format(
-        lambda c, split: load_coco_box_split(_root(c), split, "lvis", **_given(c, "name", "annotations", "image_dir",
-                                                                                "min_area")),
-        lambda c: check_coco_boxes(_root(c), c.get("splits") or [], "lvis", **_given(c, "annotations", "image_dir")),
-        "LVIS v1 from https://www.lvisdataset.org/dataset (lvis_v1_val.json) with the COCO 2017 images",
+    "lvis_boxes": _coco_boxes_format(
+        "lvis", "LVIS v1 from https://www.lvisdataset.org/dataset (lvis_v1_val.json) with the COCO 2017 images",
         "LVIS v1 boxes (lvis_v1_<split>.json, COCO 2017 images): every box, r/c/f groups"),
     "modelnet40": DatasetFormat(
         _distinct(lambda c, split: load_modelnet40_split(_root(c), split, classes=_classnames(c),

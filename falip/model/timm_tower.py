@@ -49,16 +49,12 @@ def unsupported_timm(visual: nn.Module) -> str | None:
     return None
 
 
-class TimmProbeTower(HandWrittenLayers):
-    """The vision side of an open_clip model whose ``visual`` is a ``TimmModel`` around a probe-pooled timm ViT."""
+class _TimmTrunkTower(HandWrittenLayers):
+    """What the timm towers share: the trunk inside open_clip's ``TimmModel``, its geometry from ``patch_embed``,
+    its blocks, and open_clip's ``encode_image`` as the library's features."""
 
-    pooled_rows = PROBE_ROWS
-    patch_rows = PROBE_PATCH_ROWS
-    pooled_in_sequence = False
-
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, why: str | None):
         super().__init__()
-        why = unsupported_timm(model.visual)
         if why:
             raise ValueError(f"this open_clip model cannot be steered: {why}")
         self.visual = model.visual
@@ -82,24 +78,40 @@ class TimmProbeTower(HandWrittenLayers):
     def _norm1(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
         return block.norm1(hidden)
 
+    def _out_projection(self, block: nn.Module) -> nn.Linear:
+        if not isinstance(block.attn.norm, nn.Identity):
+            raise ValueError("this timm tower normalises the heads' outputs together before the output projection "
+                             "(scale_norm; EVA02's inner layer norm): they do not split into per-head terms")
+        return block.attn.proj
+
+    def _per_head_norm(self, norm: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        """A per-head norm (timm's ``q_norm``/``k_norm``, over ``head_dim``) of ``(B, L, H*d)`` rows."""
+        shape = tensor.shape
+        return norm(tensor.view(*shape[:-1], self.num_heads, self.head_dim)).reshape(shape)
+
+    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """open_clip's ``encode_image``; while hooks are installed, the same forward through this tower's layers."""
+        return self.hooked_features(pixels) if self.hooks_installed else self._library(pixels)
+
+
+class TimmProbeTower(_TimmTrunkTower):
+    """The vision side of an open_clip model whose ``visual`` is a ``TimmModel`` around a probe-pooled timm ViT."""
+
+    pooled_rows = PROBE_ROWS
+    patch_rows = PROBE_PATCH_ROWS
+    pooled_in_sequence = False
+
+    def __init__(self, model: nn.Module):
+        super().__init__(model, unsupported_timm(model.visual))
+
     def _projections(self, block: nn.Module, normed: torch.Tensor, query_rows: torch.Tensor):
         attention = block.attn
         weights = attention.qkv.weight.chunk(3)
         biases = attention.qkv.bias.chunk(3) if attention.qkv.bias is not None else (None,) * 3
 
-        def per_head_norm(norm: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-            shape = tensor.shape
-            return norm(tensor.view(*shape[:-1], self.num_heads, self.head_dim)).reshape(shape)
-
-        return (per_head_norm(attention.q_norm, F.linear(query_rows, weights[0], biases[0])),
-                per_head_norm(attention.k_norm, F.linear(normed, weights[1], biases[1])),
+        return (self._per_head_norm(attention.q_norm, F.linear(query_rows, weights[0], biases[0])),
+                self._per_head_norm(attention.k_norm, F.linear(normed, weights[1], biases[1])),
                 F.linear(normed, weights[2], biases[2]))
-
-    def _out_projection(self, block: nn.Module) -> nn.Linear:
-        if not isinstance(block.attn.norm, nn.Identity):
-            raise ValueError("this timm tower normalises the heads' outputs together before the output projection "
-                             "(scale_norm): they do not split into per-head terms")
-        return block.attn.proj
 
     def _finish(self, block: nn.Module, residual: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         hidden = residual + block.drop_path1(block.ls1(block.attn.proj(block.attn.norm(z))))
@@ -127,10 +139,6 @@ class TimmProbeTower(HandWrittenLayers):
             pooled = trunk.attn_pool(normed, attn_mask=mask[..., PROBE_ROWS, PROBE_PATCH_ROWS].to(normed.dtype))
         return self.visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(pooled))))
 
-    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``encode_image``; while hooks are installed, the same forward through this tower's layers."""
-        return self.hooked_features(pixels) if self.hooks_installed else self._library(pixels)
-
 
 def unsupported_timm_eva(visual: nn.Module) -> str | None:
     """Why open_clip's timm ``Eva`` tower (EVA02) cannot be steered here, or ``None``."""
@@ -150,7 +158,7 @@ def unsupported_timm_eva(visual: nn.Module) -> str | None:
     return None
 
 
-class TimmEvaTower(HandWrittenLayers):
+class TimmEvaTower(_TimmTrunkTower):
     """The vision side of an open_clip model around a timm ``Eva`` trunk pooled by its [CLS] token (EVA02-CLIP):
     FALIP as for CLIP, the [CLS] row in the biased layers. Each layer is written out from the ``EvaBlock``'s
     weights: q/k/v projections (fused ``qkv`` with ``q_bias``/``v_bias``, or ``q_proj``/``k_proj``/``v_proj``),
@@ -163,30 +171,7 @@ class TimmEvaTower(HandWrittenLayers):
     patch_rows = slice(1, None)
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        why = unsupported_timm_eva(model.visual)
-        if why:
-            raise ValueError(f"this open_clip model cannot be steered: {why}")
-        self.visual = model.visual
-        trunk = self.visual.trunk
-        size, patch = trunk.patch_embed.img_size, trunk.patch_embed.patch_size
-        if size[0] != size[1] or patch[0] != patch[1]:
-            raise ValueError("this open_clip model cannot be steered: its input or patches are not square")
-        self.image_size, self.patch_size = int(size[0]), int(patch[0])
-        self.num_layers = len(trunk.blocks)
-        self.num_heads = int(trunk.blocks[0].attn.num_heads)
-        self.head_dim = int(trunk.blocks[0].attn.head_dim)
-        self._library: Callable[[torch.Tensor], torch.Tensor] = model.encode_image
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.visual.trunk.patch_embed.proj.weight.dtype
-
-    def _block(self, index: int) -> nn.Module:
-        return self.visual.trunk.blocks[index]
-
-    def _norm1(self, block: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
-        return block.norm1(hidden)
+        super().__init__(model, unsupported_timm_eva(model.visual))
 
     def _rotate(self, tensor: torch.Tensor) -> torch.Tensor:
         """Rows ``(B, L, H*d)`` of one of three shapes -- the whole sequence ([CLS] + patches), the patches alone,
@@ -221,19 +206,9 @@ class TimmEvaTower(HandWrittenLayers):
         else:
             project = [attention.q_proj, attention.k_proj, attention.v_proj]
 
-        def per_head_norm(norm: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
-            shape = tensor.shape
-            return norm(tensor.view(*shape[:-1], self.num_heads, self.head_dim)).reshape(shape)
-
-        queries = self._rotate(per_head_norm(attention.q_norm, project[0](query_rows)))
-        keys = self._rotate(per_head_norm(attention.k_norm, project[1](normed)))
+        queries = self._rotate(self._per_head_norm(attention.q_norm, project[0](query_rows)))
+        keys = self._rotate(self._per_head_norm(attention.k_norm, project[1](normed)))
         return queries, keys, project[2](normed)
-
-    def _out_projection(self, block: nn.Module) -> nn.Linear:
-        if not isinstance(block.attn.norm, nn.Identity):
-            raise ValueError("this EVA tower normalises the heads' outputs together before the output projection "
-                             "(EVA02's inner layer norm): they do not split into per-head terms")
-        return block.attn.proj
 
     def _finish(self, block: nn.Module, residual: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         update = block.attn.proj(block.attn.norm(z))
@@ -253,7 +228,3 @@ class TimmEvaTower(HandWrittenLayers):
         trunk = self.visual.trunk
         normed = trunk.norm(hidden if image_index is None else hidden[image_index])
         return self.visual.head(trunk.head(trunk.head_drop(trunk.fc_norm(normed[:, 0]))))
-
-    def library_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """open_clip's ``encode_image``; while hooks are installed, the same forward through this tower's layers."""
-        return self.hooked_features(pixels) if self.hooks_installed else self._library(pixels)
