@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 from .errors import FalipError
 from .experiments.runner import run_experiment
 from .experiments.tables import paper_table, reference_caption
-from .io import NO_SPACE, cache_root, configs_dir, output_error
+from .io import NO_SPACE, cache_root, configs_dir, docs_dir, output_error
 from .sandbox import MODEL_DIR as SANDBOX_MODEL_DIR
 
 
@@ -39,6 +39,8 @@ def _register_resolvers() -> None:
         OmegaConf.register_new_resolver("mul", lambda a, b: float(a) * float(b))
     if not OmegaConf.has_resolver("falip_output_dir"):
         OmegaConf.register_new_resolver("falip_output_dir", _output_dir)
+    if not OmegaConf.has_resolver("falip_docs"):  # --help names the docs' folder (a checkout's, or the wheel's)
+        OmegaConf.register_new_resolver("falip_docs", lambda: str(docs_dir()))
     if not OmegaConf.has_resolver("falip_cache"):
         OmegaConf.register_new_resolver("falip_cache", lambda: str(cache_root()))
 

@@ -115,16 +115,26 @@ def drop_torn_tail(path: Path) -> bool:
         return True
 
 
-def configs_dir() -> Path:
-    """The folder of the experiment configs: ``configs/`` at the top of a checkout (an editable install maps
-    the package ``falip.configs`` there), ``falip/configs/`` inside an installed wheel."""
+def _shipped_folder(package: str, what: str) -> Path:
+    """Where the data package ``package`` lies: its top-level folder in a checkout (an editable install maps the
+    package there), ``falip/<name>/`` inside an installed wheel."""
     import importlib.util
 
-    spec = importlib.util.find_spec("falip.configs")
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FalipError("the package falip.configs (the experiment configs) is not installed: reinstall falip "
-                         "(pip install -e . in a checkout)")
+        raise FalipError(f"the package {package} ({what}) is not installed: reinstall falip (pip install -e . in a "
+                         f"checkout)")
     return Path(list(spec.submodule_search_locations)[0]).resolve()
+
+
+def configs_dir() -> Path:
+    """The folder of the experiment configs: ``configs/`` at the top of a checkout, ``falip/configs/`` in a wheel."""
+    return _shipped_folder("falip.configs", "the experiment configs")
+
+
+def docs_dir() -> Path:
+    """The folder of the documentation: ``docs/`` at the top of a checkout, ``falip/docs/`` in a wheel."""
+    return _shipped_folder("falip.docs", "the documentation")
 
 
 def cache_root() -> Path:

@@ -73,3 +73,16 @@ def test_list_names_every_experiment_config_with_a_description_and_its_needs():
                                       "openai/clip-vit-base-patch16" in text
     assert "predict\n    FALIP on your own images" in text and "needs: regions=<file>" in text
     assert all(line.strip() for line in text.splitlines() if line.startswith("    ")), "an empty description"
+
+
+def test_help_names_the_folder_that_holds_the_docs():
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    done = subprocess.run([sys.executable, "-m", "falip.cli", "--help"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    folder = Path(re.search(r"Docs \(installed with falip\): (\S+)/ ", done.stdout).group(1))
+    assert (folder / "experiments.md").is_file() and (folder / "guarantees.md").is_file()
+    assert "--list" in done.stdout and "predict" in done.stdout
