@@ -83,3 +83,25 @@ def load_script(name: str):
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture
+def shapes_rec_on(tmp_path):
+    """``falip-run experiment=shapes_rec model.name=<name> <extra>`` offline in a subprocess (4 scenes per split),
+    asserted to exit 0; returns its stable sidecar and CSV text."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    def run(model_name: str, *extra: str) -> tuple[dict, str]:
+        env = {**os.environ, "HF_HUB_OFFLINE": "1", "FALIP_CACHE": str(tmp_path / "cache")}
+        done = subprocess.run([sys.executable, "-m", "falip.cli", "experiment=shapes_rec", f"model.name={model_name}",
+                               "model.path=null", "dataset.generator.scenes_per_split=4", "run.progress=false",
+                               f"run.output_dir={tmp_path}/results", *extra], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=900)
+        assert done.returncode == 0, done.stderr[-3000:]
+        results = tmp_path / "results"
+        return json.loads((results / "shapes_rec.json").read_text()), (results / "shapes_rec.csv").read_text()
+
+    return run

@@ -261,14 +261,14 @@ class ExperimentRecord:
         ``<output_dir>/<experiment>.csv``, ``.png`` and ``.json`` (each replaced atomically: readers see the previous
         completed run or this one; the sidecar last, so that it never names a table not yet written)."""
         try:
-            self._save("complete")
+            sidecar = self._save("complete")
             if self.writer:
                 if self.columns:
                     write_csv(self.table(), self.stable_csv_path)
                 figure = Path(self.extra["figure"]) if self.extra.get("figure") else None
                 if figure is not None and figure.is_file():
                     atomic_write_bytes(self.output_dir / figure.name, figure.read_bytes())
-                write_json(self.stable_json_path, read_sidecar(self.json_path))
+                write_json(self.stable_json_path, sidecar)
         finally:
             self.release()
 
@@ -286,9 +286,10 @@ class ExperimentRecord:
         finally:
             self.release()
 
-    def _save(self, status: str, in_place: bool = False) -> None:
+    def _save(self, status: str, in_place: bool = False) -> dict[str, Any]:
+        """Write the table and the sidecar (writer only); returns the sidecar's contents."""
         if not self.writer:
-            return
+            return {}
         if self.columns and not in_place:
             write_csv(self.table(), self.csv_path)
         forwards = {split: details.get("image_forwards") for split, details in self.splits.items()}
@@ -306,5 +307,6 @@ class ExperimentRecord:
             fd = os.open(self.json_path, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_NOFOLLOW", 0))
             with os.fdopen(fd, "w") as handle:
                 handle.write(json.dumps(payload, separators=(",", ":"), default=str) + "\n")
-            return
+            return payload
         write_json(self.json_path, payload)
+        return payload

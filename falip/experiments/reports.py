@@ -81,6 +81,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     warning says so (on the console and in the sidecar), since the paper's rows are then no reference.
     """
     task, output_dir = config["report"], Path(config["run"]["output_dir"])
+    tag = task.get("reference_tag", "paper")  # "paper": the FALIP paper's rows; else other methods' published rows
     columns, sources, warnings = {}, {}, []
     for column, (experiment, source_column) in task["columns"].items():
         path = output_dir / f"{experiment}.csv"
@@ -99,7 +100,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         sources[column] = {"csv": str(path), "column": source_column, "status": effective_status(meta) if meta else None,
                            "partial": reasons, "config_hash": meta.get("config_hash"), "model": model_label(meta),
                            "weights_sha256": (meta.get("model") or {}).get("weights_sha256")}
-        if task.get("paper_csv") and task.get("reference_tag", "paper") == "paper" and not is_paper_backbone(meta):
+        if task.get("paper_csv") and tag == "paper" and not is_paper_backbone(meta):
             warnings.append(f"{column} ({experiment}) was measured with {model_label(meta)}, not the paper's "
                             f"{PAPER_BACKBONE['name']}: the [paper] rows are no reference for it")
     rows = list(dict.fromkeys(row for series in columns.values() for row in series.index))
@@ -112,7 +113,6 @@ def build_paper_table(config: dict) -> pd.DataFrame:
     models = " + ".join(dict.fromkeys(source["model"] for source in sources.values()))
     if task.get("paper_csv"):
         paper = paper_table(task["paper_csv"])
-        tag = task.get("reference_tag", "paper")
         table = combine_with_paper(measured, paper, measured_model=models, tag=tag,
                                    paper_model=task.get("reference_model") or f"{PAPER_BACKBONE['name']} (paper)")
         if task.get("deltas"):
@@ -129,7 +129,7 @@ def build_paper_table(config: dict) -> pd.DataFrame:
         "code": {**git_state(), "falip": environment()["falip"]}})
     print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.1f}"))
     if task.get("paper_csv"):
-        print(f"\n[{task.get('reference_tag', 'paper')}] rows: {reference_caption(task['paper_csv'])} "
+        print(f"\n[{tag}] rows: {reference_caption(task['paper_csv'])} "
               f"({paper_reference_path(task['paper_csv'])}: sources in its header)")
     for warning in warnings:
         print(f"warning: {warning}", file=sys.stderr)

@@ -190,7 +190,8 @@ class OpenCLIPText:
 
     def _require_tokenizer(self):
         if self.tokenizer is None:
-            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or use from_open_clip")
+            raise ValueError("this FoveatedCLIP has no tokenizer: pass tokenizer= or load it with "
+                             "FoveatedCLIP.from_pretrained('open_clip:<architecture>')")
         return self.tokenizer
 
     @property

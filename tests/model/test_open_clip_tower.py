@@ -156,20 +156,9 @@ def test_a_weights_file_loads_into_a_built_in_architecture(tmp_path, folder):
     assert torch.equal(model.clip.visual.proj, state["visual.proj"])
 
 
-def test_falip_run_on_an_open_clip_checkpoint_end_to_end(tmp_path, folder):
+def test_falip_run_on_an_open_clip_checkpoint_end_to_end(shapes_rec_on, folder):
     """``falip-run experiment=shapes_rec model.name=open_clip:local-dir:<folder>``: the sandbox REC experiment on a
     random open_clip tower, offline, writes its table with the model's provenance."""
-    import os
-    import subprocess
-    import sys
-
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FALIP_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "falip.cli", "experiment=shapes_rec",
-                           f"model.name=open_clip:local-dir:{folder}", "model.path=null",
-                           "dataset.generator.scenes_per_split=4", "run.progress=false",
-                           f"run.output_dir={tmp_path}/results"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert done.returncode == 0, done.stderr[-3000:]
-    sidecar = json.loads((tmp_path / "results" / "shapes_rec.json").read_text())
+    sidecar, table = shapes_rec_on(f"open_clip:local-dir:{folder}")
     assert sidecar["status"] == "complete" and sidecar["model"]["model_type"] == "open_clip"
-    assert "FALIP" in (tmp_path / "results" / "shapes_rec.csv").read_text()
+    assert "FALIP" in table

@@ -7,7 +7,6 @@ refusals; ``falip-run`` end to end on a saved ViT-B-16-SigLIP2-shaped checkpoint
 where open_clip cannot be imported (``make test-open-clip`` runs these)."""
 from __future__ import annotations
 
-import json
 import math
 
 import pytest
@@ -204,24 +203,13 @@ def test_pe_core_is_refused_naming_why():
         FoveatedCLIP(pe)
 
 
-def test_falip_run_on_a_saved_siglip2_shaped_checkpoint_end_to_end(tmp_path):
+def test_falip_run_on_a_saved_siglip2_shaped_checkpoint_end_to_end(tmp_path, shapes_rec_on):
     """``model.name=open_clip:local-dir:<folder>`` with ViT-B-16-SigLIP2's vision trunk (random): the checkpoint
     loads with its geometry and preprocessing, and the sandbox REC experiment runs on it, offline."""
-    import os
-    import subprocess
-    import sys
-
     folder = save_random_open_clip_probe(tmp_path / "siglip2", seed=2)
     loaded = FoveatedCLIP.from_pretrained(f"open_clip:local-dir:{folder}")
     assert (loaded.image_size, loaded.patch_size, loaded.num_layers, loaded.num_heads) == (224, 16, 12, 12)
     assert loaded.preprocessor.image_mean == (0.5, 0.5, 0.5) and loaded.probability == "sigmoid"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "FALIP_CACHE": str(tmp_path / "cache")}
-    done = subprocess.run([sys.executable, "-m", "falip.cli", "experiment=shapes_rec",
-                           f"model.name=open_clip:local-dir:{folder}", "model.path=null", "run.limit=6",
-                           "dataset.generator.scenes_per_split=4", "run.progress=false",
-                           f"run.output_dir={tmp_path}/results"], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    sidecar = json.loads((tmp_path / "results" / "shapes_rec.json").read_text())
+    sidecar, table = shapes_rec_on(f"open_clip:local-dir:{folder}", "run.limit=6")
     assert sidecar["status"] == "complete" and sidecar["model"]["model_type"] == "open_clip"
-    assert "FALIP" in (tmp_path / "results" / "shapes_rec.csv").read_text()
+    assert "FALIP" in table
